@@ -1,0 +1,32 @@
+"""eetjit: an ONNX-to-Numba compiler for transformer inference (EET-style pre-padding generation).
+
+Public API (see the README): `load`, `fuse`, `compile`, `Session`, `ModelError`, `InputError`.
+"""
+from __future__ import annotations
+
+from eetjit.errors import EetjitError, ExecutionError, InputError, ModelError
+from eetjit.frontend import load
+from eetjit.ir import Graph, Node, Value
+from eetjit import rewrite as _rewrite
+from eetjit.rewrite import FusionReport, fuse
+from eetjit.runtime import Session
+
+__version__ = "0.1.0"
+
+
+def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int = 8, max_seq_len: int = 1024,
+            verbose: bool = True, fuse: bool = True) -> Session:
+    """Load (a path) or take (a Graph, fused in place) a model, fuse it, and return a Session for
+    `device`/`dtype` whose KV cache holds `max_batch` sequences of `max_seq_len` tokens."""
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
+    graph = model if isinstance(model, Graph) else load(model)
+    report = _rewrite.fuse(graph) if fuse else None
+    return Session(graph, report, device=device, dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len,
+                   verbose=verbose)
+
+
+__all__ = ["load", "fuse", "compile", "FusionReport", "Session", "Graph", "Node", "Value", "EetjitError", "ModelError", "InputError",
+           "ExecutionError", "__version__"]

@@ -1,0 +1,3 @@
+from eetjit.cli import main
+
+raise SystemExit(main())
