@@ -1,0 +1,786 @@
+"""The CUDA backend: binds each fused `eet` node to generated Numba CUDA kernels and cuBLASLt GEMMs.
+
+    backend = CudaBackend(dtype="float16")
+    op = backend.prepare(node, graph)        # weights uploaded once (fp32 | fp16 | bf16), GEMMs set up
+    outputs = op(inputs)                     # or op(inputs, out=[preallocated device arrays, ...])
+
+Same interface as eetjit.backends.cpu (`prepare`, `prepare_all`, `PreparedOp`, reference fallback for plain
+ONNX ops), plus what the runtime needs for device memory (`empty`, `zeros`, `to_host`, `cache_dtype`) and for
+greedy decoding on the device (`greedy_tokens`). Inputs may be host (NumPy) or device arrays; outputs are
+device arrays. Activations and weights are stored in the session dtype; every kernel computes in float32
+(norm statistics, softmax, epilogues). Norm weights and epilogue biases stay float32.
+
+Whether this runs on a GPU (CuPy + nvmath + Numba) or in Numba's CUDA simulator (NumPy) is decided in one
+place, eetjit.backends.cuda_device; templates get it as the constant `sim`.
+
+Everything an op launches can be captured into a CUDA graph (eetjit.runtime.cuda_graph): inputs that change
+per decode step (token ids, positions, pad counts, the step) are read by the kernels from device memory, never
+baked in as launch arguments; attention of a one-token step is sized by the cache capacity, not the current
+length; and no op allocates when it is handed its `out` buffers (temporaries live in per-op scratch that a
+captured step keeps alive).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Iterable
+
+import numpy as np
+
+from eetjit import codegen
+from eetjit.backends.cpu import ACTIVATIONS, PreparedOp, _batch_rows, _check_range, _heads, _indices
+from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, storage_dtype
+from eetjit.backends.cuda_gemm import Gemm
+from eetjit.errors import InputError
+from eetjit.ir import Graph, Node
+
+# --- launch configurations (data; the simulator runs each thread as a Python thread: keep blocks tiny there) ---
+# threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
+ROW_THREADS_GPU = ((1024, 128), (4096, 256), (None, 512))
+ROW_THREADS_SIM = 8
+ELEMENTWISE_THREADS = {"gpu": 256, "sim": 8}
+ELEMENTWISE_BLOCKS_PER_SM = {"gpu": 16, "sim": 2}       # grid-stride loops: at most this many blocks per SM
+ARGMAX_THREADS = {"gpu": 512, "sim": 8}
+# attention: lanes per key column (a power of two <= 32) by head dim, and columns in flight per block
+ATTENTION_LANES_GPU = ((64, 16), (None, 32))
+ATTENTION_LANES_SIM = 4
+ATTENTION_GROUPS = {"gpu": 8, "sim": 2}
+# flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
+ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
+ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
+# The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
+# slower on odd N (GPU.md), and the padded columns cost nothing to read back.
+GEMM_N_ALIGN = 64
+SCRATCH_PER_OP = 2                                       # scratch shapes kept per op (LRU)
+VIEW_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def _table(rows, value):
+    for limit, out in rows:
+        if limit is None or value <= limit:
+            return out
+    raise AssertionError("unreachable")
+
+
+class CudaBackend:
+    """Numba CUDA kernels (templates/cuda) + cuBLASLt GEMMs for the fused ops of eetjit.fused (the contract)."""
+
+    device = "cuda"
+    target = "cuda"
+
+    def __init__(self, dtype: str = "float32", verbose: bool = True, templates_dir=None):
+        self.dev = get_device()
+        self.dtype_name = dtype
+        self.dtype = storage_dtype(dtype)
+        self.cache_dtype = self.dtype
+        self.verbose = verbose
+        self.templates_dir = templates_dir
+        self.mode = "sim" if self.dev.simulated else "gpu"
+        self.attention_min_chunk = ATTENTION_MIN_CHUNK[self.mode]
+        self.attention_blocks_per_sm = ATTENTION_BLOCKS_PER_SM[self.mode]
+        self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
+        self._kernels: dict = {}
+        self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
+        self._dummies: dict = {}
+
+    # --- device memory (the ExecutionPlan and the generator allocate through these) ----------------------------
+    def empty(self, shape, dtype=None):
+        return self.dev.empty(tuple(int(s) for s in shape), self.dtype if dtype is None else dtype)
+
+    def zeros(self, shape, dtype=None):
+        return self.dev.zeros(tuple(int(s) for s in shape), self.dtype if dtype is None else dtype)
+
+    def to_host(self, x):
+        """A device (or host) array as a NumPy array; float16/bfloat16 come back as float32."""
+        h = self.dev.to_host(x)
+        if isinstance(h, np.ndarray) and (h.dtype == np.float16 or is_bfloat16(h.dtype)):
+            h = h.astype(np.float32)
+        return h
+
+    def synchronize(self):
+        self.dev.synchronize()
+
+    # --- kernels ------------------------------------------------------------------------------------------------
+    def kernel(self, op: str, seq_bucket: int | None = None, **consts):
+        """The kernel of template `op` for these constants (and the device kind: GPU or simulator)."""
+        consts["sim"] = self.dev.simulated
+        memo = (op, seq_bucket, tuple(sorted(consts.items())))
+        fn = self._kernels.get(memo)
+        if fn is None:
+            fn = codegen.get_kernel(op, consts, target=self.target, dtype=self.dtype, seq_bucket=seq_bucket,
+                                    device=self.device, templates_dir=self.templates_dir)
+            self._kernels[memo] = fn
+        return fn
+
+    def row_threads(self, width: int) -> int:
+        return ROW_THREADS_SIM if self.dev.simulated else _table(ROW_THREADS_GPU, width)
+
+    def elementwise_grid(self, total: int) -> int:
+        threads = ELEMENTWISE_THREADS[self.mode]
+        return max(1, min(-(-total // threads), self.dev.sm_count * ELEMENTWISE_BLOCKS_PER_SM[self.mode]))
+
+    # --- nodes --------------------------------------------------------------------------------------------------
+    def prepare(self, node: Node, graph: Graph | None = None, seq_lens: Iterable[int] = ()) -> PreparedOp:
+        """Bind `node`: eet ops of the contract get kernels; any other node runs on the reference executor
+        (on the host; view ops of device arrays stay views on the device)."""
+        make = getattr(self, f"_prepare_{node.op_type}", None) if node.domain == "eet" else None
+        if make is None:
+            return PreparedOp(node, self._in_stream(self._fallback(node, graph)), fallback=True)
+        return PreparedOp(node, self._in_stream(make(node)))
+
+    def prepare_all(self, nodes: Iterable[Node], graph: Graph | None = None, seq_lens: Iterable[int] = (),
+                    verbose: bool | None = None) -> list[PreparedOp]:
+        nodes = list(nodes)
+        verbose = self.verbose if verbose is None else verbose
+        return [self.prepare(n, graph, seq_lens) for n in codegen.progress(nodes, verbose=verbose)]
+
+    def _in_stream(self, run):
+        stream = self.dev.stream
+        if stream is None:
+            return run
+
+        def in_stream(inputs, out):
+            with stream:
+                return run(inputs, out)
+        return in_stream
+
+    # --- norms --------------------------------------------------------------------------------------------------
+    def _prepare_LayerNorm(self, node):
+        return self._norm(node, "layer_norm", float(node.attrs.get("epsilon", 1e-5)), add=False, has_beta=True)
+
+    def _prepare_AddLayerNorm(self, node):
+        return self._norm(node, "add_layer_norm", float(node.attrs.get("epsilon", 1e-5)), add=True, has_beta=True)
+
+    def _prepare_RMSNorm(self, node):
+        return self._norm(node, "rms_norm", float(node.attrs.get("epsilon", 1e-6)), add=False, has_beta=False)
+
+    def _prepare_AddRMSNorm(self, node):
+        return self._norm(node, "add_rms_norm", float(node.attrs.get("epsilon", 1e-6)), add=True, has_beta=False)
+
+    def _norm(self, node, op, eps, add, has_beta):
+        g = 2 if add else 1
+        gamma = self._operand(node, g, np.float32)
+        beta = self._operand(node, g + 1, np.float32) if has_beta else None
+        consts = dict(epsilon=eps)
+        if has_beta:
+            consts["has_beta"] = node.input(g + 1) is not None
+
+        def run(inputs, out):
+            a = self._act(inputs[0])
+            if add:
+                b = self._act(inputs[1])
+                shape = tuple(np.broadcast_shapes(a.shape, b.shape))
+                if a.shape != shape:
+                    a = self._contiguous(self.dev.xp.broadcast_to(a, shape))
+            else:
+                shape = a.shape
+            E = shape[-1]
+            N = math.prod(shape[:-1])
+            a_NE = self._contiguous(a).reshape(N, E)
+            threads = self.row_threads(E)
+            kern = self.kernel(op, hidden=E, threads=threads, **consts)
+            args = [a_NE]
+            if add:
+                args.append(self._rows(b, shape, E))
+            args.append(_sized(gamma(inputs), E, node, "gamma"))
+            if has_beta:
+                bt = beta(inputs)
+                args.append(self._dummy1() if bt is None else _sized(bt, E, node, "beta"))
+            y = self._output(out, 0, shape)
+            args.append(y.reshape(N, E))
+            outs = [y]
+            if add:
+                s = self._output(out, 1, shape)
+                args.append(s.reshape(N, E))
+                outs.append(s)
+            self.dev.launch(kern, N, threads, *args)
+            return outs
+        return run
+
+    # --- GEMM + epilogue ----------------------------------------------------------------------------------------
+    def _prepare_Linear(self, node):
+        act = node.attrs.get("activation", "none")
+        if isinstance(act, bytes):
+            act = act.decode()
+        if act not in ACTIVATIONS:
+            raise InputError(f"node {node.name!r}: Linear activation {act!r} is not one of {ACTIVATIONS}")
+        split = [int(n) for n in (node.attrs.get("split") or [])]
+        has_bias = node.input(2) is not None
+        const_w = node.input(1).is_const and (not has_bias or node.input(2).is_const)
+        scratch = _Scratch(self)
+        gemms: dict = {}
+
+        def gemm_for(inputs):
+            """(Gemm, N, N_padded, epilogue) for this node's weight (built once when the weight is a constant)."""
+            if "g" in gemms:
+                return gemms["g"]
+            W = node.input(1).const if node.input(1).is_const else self.dev.to_host(inputs[1])
+            K, N = np.shape(W)
+            if split and sum(split) != N:
+                raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
+            Np = N if split or N % GEMM_N_ALIGN == 0 else -(-N // GEMM_N_ALIGN) * GEMM_N_ALIGN
+            bias = None
+            if has_bias:
+                bias = node.input(2).const if node.input(2).is_const else self.dev.to_host(inputs[2])
+                if np.size(bias) != N:
+                    raise InputError(f"node {node.name!r}: bias must have {N} values, got {np.size(bias)}")
+            upload = self._upload_const if const_w else (lambda a, dtype, how="", f=None: self.dev.upload(
+                f(np.asarray(a)) if f else np.asarray(a), dtype))
+            W_dev = upload(W, self.dtype, "pad", lambda w: _pad_cols(w, Np))
+            b_gemm = None if bias is None else upload(bias, self.dtype, "pad",
+                                                      lambda v: _pad_cols(v.reshape(1, -1), Np)[0])
+            gemm = Gemm(self.dev, W_dev, b_gemm, act)
+            epi_bias = has_bias and not gemm.fused_bias
+            epi_act = "none" if gemm.fused_activation else act
+            epilogue = None
+            if epi_bias or epi_act != "none":
+                epilogue = (self.kernel("linear_epilogue", width=N, activation=epi_act, has_bias=epi_bias),
+                            upload(bias, np.float32, "flat", lambda v: v.reshape(-1)) if epi_bias
+                            else self._dummy1())
+            entry = (gemm, N, Np, epilogue)
+            if const_w:
+                gemms["g"] = entry
+            return entry
+
+        if const_w:
+            gemm_for([])
+
+        def run(inputs, out):
+            gemm, N, Np, epilogue = gemm_for(inputs)
+            x = self._act(inputs[0])
+            if x.shape[-1] != gemm.K:
+                raise InputError(f"node {node.name!r}: Linear input has {x.shape[-1]} features, the weight "
+                                 f"expects {gemm.K}")
+            lead = x.shape[:-1]
+            M = math.prod(lead)
+            x_MK = self._contiguous(x).reshape(M, gemm.K)
+            if split:
+                base = _split_base(out, M, N, split)
+                if base is None:
+                    base = self.empty((M, N))
+                gemm(x_MK, base)
+                self._epilogue(epilogue, base)
+                views, o = [], 0
+                for n in split:
+                    views.append(base[:, o:o + n].reshape(lead + (n,)))
+                    o += n
+                if out is not None and all(v is not None for v in out[:len(split)]):
+                    for v, dst in zip(views, out):
+                        if _ptr(v) != _ptr(dst):
+                            self._check_out(dst, v.shape)
+                            self.dev.copy(dst, v)
+                    return list(out[:len(split)])
+                return views
+            y = self._output(out, 0, lead + (N,))
+            y_MN = y.reshape(M, N)
+            if Np != N:
+                y_pad = scratch.get("pad", (M, Np), self.dtype)
+                gemm(x_MK, y_pad)
+                self.dev.copy(y_MN, y_pad[:, :N])
+            else:
+                gemm(x_MK, y_MN)
+            self._epilogue(epilogue, y_MN)
+            return [y]
+        return run
+
+    def _epilogue(self, epilogue, y_MN):
+        if epilogue is None or y_MN.size == 0:
+            return
+        kern, bias = epilogue
+        self.dev.launch(kern, self.elementwise_grid(y_MN.size), ELEMENTWISE_THREADS[self.mode], y_MN, bias)
+
+    def _prepare_SwiGLU(self, node):
+        # One GEMM against [W_gate | W_up] (concatenated once, here), then the SwiGLU epilogue kernel.
+        if not (node.input(1).is_const and node.input(2).is_const):
+            raise InputError(f"node {node.name!r}: SwiGLU weights must be constants on the CUDA backend")
+        Wg, Wu = node.input(1).const, node.input(2).const
+        W_dev = self._upload_const(Wg, self.dtype, "swiglu",
+                                   lambda w: np.concatenate([w, np.asarray(Wu)], axis=1))
+        K, F = Wg.shape
+        gemm = Gemm(self.dev, W_dev, None, "none")
+        gemm.fused_bias = gemm.fused_activation = True     # nothing for the GEMM to apply: the kernel does it
+        b_gate, b_up = self._operand(node, 3, np.float32), self._operand(node, 4, np.float32)
+        has_gate_bias, has_up_bias = node.input(3) is not None, node.input(4) is not None
+        kern = self.kernel("swiglu_epilogue", width=F, has_gate_bias=has_gate_bias, has_up_bias=has_up_bias)
+        scratch = _Scratch(self)
+
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            lead = x.shape[:-1]
+            M = math.prod(lead)
+            x_MK = self._contiguous(x).reshape(M, K)
+            gu_M2F = scratch.get("gu", (M, 2 * F), self.dtype)
+            gemm(x_MK, gu_M2F)
+            y = self._output(out, 0, lead + (F,))
+            bg = _sized(b_gate(inputs), F, node, "b_gate") if has_gate_bias else self._dummy1()
+            bu = _sized(b_up(inputs), F, node, "b_up") if has_up_bias else self._dummy1()
+            self.dev.launch(kern, self.elementwise_grid(M * F), ELEMENTWISE_THREADS[self.mode], gu_M2F, bg, bu,
+                            y.reshape(M, F))
+            return [y]
+        return run
+
+    # --- embedding, rotary, last token ---------------------------------------------------------------------------
+    def _prepare_Embedding(self, node):
+        wte, wpe, wtt = (self._operand(node, i) for i in (2, 3, 5))
+        gamma, beta = self._operand(node, 6, np.float32), self._operand(node, 7, np.float32)
+        consts = dict(has_positions=node.input(3) is not None, has_token_types=node.input(5) is not None,
+                      has_norm=node.input(6) is not None, has_beta=node.input(7) is not None,
+                      epsilon=float(node.attrs.get("epsilon", 1e-5)))
+
+        def run(inputs, out):
+            raw = inputs[0]
+            if np.ndim(raw) != 2:
+                raise InputError(f"node {node.name!r}: token ids must be [batch, sequence], got shape "
+                                 f"{list(np.shape(raw))}")
+            B, S = raw.shape
+            wte_VE = wte(inputs)
+            V, E = wte_VE.shape
+            if self.dev.host_readable(raw):
+                _check_range(_indices(raw, "input_ids", node), V, "input_ids", "the vocabulary", node)
+            ids = self._index_input(raw, "input_ids", node)
+            pos, wpe_PE = self._dummy_idx(), self._dummy2()
+            if consts["has_positions"]:
+                wpe_PE = wpe(inputs)
+                pos = inputs[1] if len(inputs) > 1 and inputs[1] is not None else np.arange(S)
+                if self.dev.host_readable(pos):
+                    pos = _batch_rows(pos, B, S, "position_ids", node)
+                    _check_range(pos, wpe_PE.shape[0], "position_ids", "the position table", node)
+                pos = self._index_input(pos, "position_ids", node)
+                if pos.ndim != 2 or pos.shape[1] != S or pos.shape[0] not in (1, B):
+                    raise InputError(f"node {node.name!r}: positions must be [1 or {B}, {S}], got "
+                                     f"{list(pos.shape)}")
+            tt, wtt_TE = self._dummy_idx(), self._dummy2()
+            if consts["has_token_types"]:
+                wtt_TE = wtt(inputs)
+                t = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.zeros((B, S), np.int64)
+                if self.dev.host_readable(t):
+                    t = np.ascontiguousarray(np.broadcast_to(_indices(t, "token_type_ids", node), (B, S)))
+                    _check_range(t, wtt_TE.shape[0], "token_type_ids", "the token-type table", node)
+                tt = self._index_input(t, "token_type_ids", node)
+            for table, name in ((wpe_PE, "wpe"), (wtt_TE, "wtt")):
+                if table.shape[0] > 1 and table.shape[1] != E:
+                    raise InputError(f"node {node.name!r}: {name} has width {table.shape[1]}, wte has {E}")
+            g = _sized(gamma(inputs), E, node, "gamma") if consts["has_norm"] else self._dummy1()
+            bt = _sized(beta(inputs), E, node, "beta") if consts["has_beta"] else self._dummy1()
+            h = self._output(out, 0, (B, S, E))
+            threads = self.row_threads(E)
+            kern = self.kernel("embedding", hidden=E, threads=threads, **consts)
+            self.dev.launch(kern, B * S, threads, ids, pos, wte_VE, wpe_PE, tt, wtt_TE, g, bt, h.reshape(B * S, E))
+            return [h]
+        return run
+
+    def _prepare_Rotary(self, node):
+        H, D = int(node.attrs["num_heads"]), int(node.attrs["head_dim"])
+        if D % 2:
+            raise InputError(f"node {node.name!r}: Rotary head_dim must be even, got {D}")
+        inv_freq = self._operand(node, 2, np.float32)
+        threads = self.row_threads(H * D // 2)
+        kern = self.kernel("rotary", heads=H, head_dim=D, scaling=float(node.attrs.get("scaling", 1.0)),
+                           threads=threads)
+
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            if x.ndim != 3 or x.shape[2] != H * D:
+                raise InputError(f"node {node.name!r}: Rotary expects x [B, S, {H}*{D}], got {list(x.shape)}")
+            B, S, _ = x.shape
+            pos = inputs[1]
+            if self.dev.host_readable(pos):
+                pos = _batch_rows(pos, B, S, "positions", node)
+            pos = self._index_input(pos, "positions", node)
+            y = self._output(out, 0, x.shape)
+            self.dev.launch(kern, B * S, threads, x, pos, _sized(inv_freq(inputs), D // 2, node, "inv_freq"), y)
+            return [y]
+        return run
+
+    def _prepare_LastToken(self, node):
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            if x.ndim != 3:
+                raise InputError(f"node {node.name!r}: LastToken expects x [B, S, E], got {list(x.shape)}")
+            B, S, E = x.shape
+            y = self._output(out, 0, (B, 1, E))
+            threads = self.row_threads(E)
+            self.dev.launch(self.kernel("last_token", threads=threads), B, threads, x, y)
+            return [y]
+        return run
+
+    def _prepare_PadInfo(self, node):
+        from eetjit.fused.op_attention import pad_info
+
+        def run(inputs, out):
+            ranges = pad_info(self.dev.to_host(inputs[0]))
+            if out is not None and out[0] is not None:
+                self.dev.set(out[0], ranges)
+                return [out[0]]
+            return [self.dev.upload(ranges)]
+        return run
+
+    # --- attention ----------------------------------------------------------------------------------------------
+    def attention_launch(self, row_blocks: int, max_cols: int) -> tuple[int, int]:
+        """(splits, chunk): how many blocks share one query row's key columns, and how many each takes."""
+        max_cols = max(int(max_cols), 1)
+        cap = -(-max_cols // self.attention_min_chunk)
+        want = -(-self.dev.sm_count * self.attention_blocks_per_sm // max(row_blocks, 1))
+        splits = max(1, min(cap, want))
+        chunk = -(-max_cols // splits)
+        return -(-max_cols // chunk), chunk
+
+    def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split):
+        lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
+        groups = ATTENTION_GROUPS[self.mode]
+        consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, lanes=lanes, groups=groups,
+                      split=split)
+        if layout == "bshd":
+            consts["causal"] = causal
+        return self.kernel("attention", **consts), lanes * groups
+
+    def _run_attention(self, scratch, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, max_cols,
+                       y):
+        splits, chunk = self.attention_launch(S * B * H, max_cols)
+        kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1)
+        if splits > 1:
+            part_ml = scratch.get("ml", (B, H, S, splits, 2), np.float32)
+            part_acc = scratch.get("acc", (B, H, S, splits, D), np.float32)
+        else:
+            part_ml = part_acc = self._dummy_f32_5()
+        self.dev.launch(kern, (splits, S, B * H), threads, q, *kv_args, *bounds_args, chunk, y, part_ml, part_acc)
+        if splits > 1:
+            comb_threads = min(ELEMENTWISE_THREADS[self.mode], max(32, D)) if not self.dev.simulated else 8
+            comb = self.kernel("attention_combine", heads=H, head_dim=D, threads=comb_threads)
+            self.dev.launch(comb, (S, B * H), comb_threads, part_ml, part_acc, y)
+
+    def _prepare_Attention(self, node):
+        H, Hkv, D, scale = _heads(node.attrs)
+        causal = bool(node.attrs.get("causal", 0))
+        scratch = _Scratch(self)
+
+        def run(inputs, out):
+            q, k, v = (self._act(a) for a in inputs[:3])
+            B, S, _ = q.shape
+            T = k.shape[1]
+            _check_shape(q, (B, S, H * D), "q", node)
+            _check_shape(k, (B, T, Hkv * D), "k", node)
+            _check_shape(v, (B, T, Hkv * D), "v", node)
+            ranges = inputs[3] if len(inputs) > 3 else None
+            if ranges is None or self.dev.host_readable(ranges):
+                ranges = self.dev.upload(_host_ranges(ranges, B, T, node), np.int64)
+            y = self._output(out, 0, (B, S, H * D))
+            self._run_attention(scratch, q, (k, v), (ranges,), B, S, H, Hkv, D, scale, "bshd", causal, T, y)
+            return [y]
+        return run
+
+    def _prepare_CachedAttention(self, node):
+        H, Hkv, D, scale = _heads(node.attrs)
+        scratch = _Scratch(self)
+        kv_threads = 8 if self.dev.simulated else min(256, max(32, -(-D // 32) * 32))
+        kv_write = self.kernel("kv_cache_write", kv_heads=Hkv, head_dim=D, threads=kv_threads)
+
+        def run(inputs, out):
+            q, k, v = (self._act(a) for a in inputs[:3])
+            k_cache, v_cache = inputs[3], inputs[4]
+            B, S, _ = q.shape
+            _check_shape(q, (B, S, H * D), "q", node)
+            _check_shape(k, (B, S, Hkv * D), "k", node)
+            _check_shape(v, (B, S, Hkv * D), "v", node)
+            self._check_cache(k_cache, v_cache, B, Hkv, D)
+            T = k_cache.shape[2]
+            start, step = inputs[5], inputs[6]
+            t0 = None
+            if self.dev.host_readable(step):
+                t0 = int(np.asarray(step).reshape(-1)[0])
+                if t0 < 0 or t0 + S > T:
+                    raise InputError(f"node {node.name!r}: columns {t0}..{t0 + S - 1} do not fit the KV cache of "
+                                     f"{T} columns (max_seq_len)")
+                step = self.dev.upload(np.array([t0], np.int64))
+            if self.dev.host_readable(start):
+                start = self.dev.upload(np.clip(np.asarray(start, np.int64).reshape(B), 0, T), np.int64)
+            self.dev.launch(kv_write, (S, B * Hkv), kv_threads, k, v, k_cache, v_cache, step)
+            # A one-token step is sized by the cache capacity, so one launch configuration (one captured graph)
+            # serves every step; blocks past the current column find no work.
+            max_cols = T if (S == 1 or t0 is None) else t0 + S
+            y = self._output(out, 0, (B, S, H * D))
+            self._run_attention(scratch, q, (k_cache, v_cache), (start, step), B, S, H, Hkv, D, scale, "cache",
+                                True, max_cols, y)
+            return [y]
+        return run
+
+    def _check_cache(self, k_cache, v_cache, B, Hkv, D):
+        for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if not (self.dev.on_device(c) and c.ndim == 4 and c.shape[0] == B and c.shape[1] == Hkv
+                    and c.shape[3] == D and c.dtype == self.dtype and c.flags.c_contiguous):
+                got = f"{getattr(c, 'dtype', type(c).__name__)}{list(getattr(c, 'shape', ()))}"
+                raise InputError(f"{name} must be a C-contiguous device array {self.dtype.name}[{B}, {Hkv}, "
+                                 f"T_max, {D}] (written in place), got {got}")
+
+    # --- greedy decoding on the device ---------------------------------------------------------------------------
+    def greedy_tokens(self, logits, tokens_B, ids_B1=None, positions_B1=None, step_1=None) -> None:
+        """tokens_B[b] = argmax of logits row b ([B, V] or [B, 1, V]); with ids/positions/step given, also
+        ids[b, 0] = token, positions += 1, step += 1 (the next decode step's inputs, set on the device)."""
+        B = logits.shape[0]
+        logits_BV = logits.reshape(B, logits.shape[-1])
+        advance = ids_B1 is not None
+        threads = ARGMAX_THREADS[self.mode]
+        kern = self.kernel("argmax", advance=advance, threads=threads)
+        if not advance:
+            ids_B1, positions_B1, step_1 = self._dummy_idx(), self._dummy_idx(), self._dummy_idx().reshape(1)
+        with _stream(self.dev):
+            self.dev.launch(kern, B, threads, logits_BV, tokens_B, ids_B1, positions_B1, step_1)
+
+    # --- plain ONNX ops -----------------------------------------------------------------------------------------
+    def _fallback(self, node, graph):
+        from eetjit.reference.executor import run_node
+        opset = graph.opset(node.domain) if graph is not None else 0
+
+        def run(inputs, out):
+            on_dev = [a is not None and self.dev.on_device(a) and not self.dev.simulated for a in inputs]
+            if not any(on_dev):
+                outs = run_node(node, list(inputs), graph)
+            elif node.op_type == "Shape":
+                stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape=inputs[0].shape,
+                                                           strides=(0,) * inputs[0].ndim)
+                outs = run_node(node, [stand_in], graph)
+            elif node.op_type in VIEW_OPS and not any(on_dev[1:]):
+                x = inputs[0]
+                outs = [self._contiguous(x).reshape(_view_shape(node, opset, x.shape, inputs))]
+            else:
+                # Anything else on device data goes through the host: correct, but not capturable.
+                if self.dev.capturing:
+                    raise CaptureError(f"node {node.name!r} ({node.op_type}) needs device data on the host")
+                self.host_roundtrips += 1
+                host = [None if a is None else self.dev.to_host(a) if d else a for a, d in zip(inputs, on_dev)]
+                outs = [self.dev.upload(o) for o in run_node(node, host, graph)]
+            if out is not None:
+                for i, o in enumerate(outs):
+                    if i < len(out) and out[i] is not None and out[i] is not o:
+                        self.dev.copy(out[i], o)
+                        outs[i] = out[i]
+            return outs
+        return run
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def _upload_const(self, arr, dtype, how: str = "", transform=None):
+        """The device copy of a constant (converted and optionally transformed), uploaded once per backend:
+        the session's plans (run and generate) share it."""
+        key = (id(arr), np.dtype(dtype).str, how)
+        hit = self._consts.get(key)
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        host = np.asarray(arr)
+        if transform is not None:
+            host = transform(host)
+        dev = self.dev.upload(np.ascontiguousarray(np.asarray(host, np.float32 if host.dtype.kind == "f" else None)),
+                              dtype)
+        self._consts[key] = (arr, dev)
+        return dev
+
+    def _operand(self, node, i, dtype=None):
+        """inputs -> input i on the device (a constant uploaded once, here); None when absent."""
+        v = node.input(i)
+        dtype = self.dtype if dtype is None else dtype
+        if v is None:
+            return lambda inputs: None
+        if v.is_const:
+            arr = self._upload_const(v.const, dtype)
+            return lambda inputs: arr
+        return lambda inputs: None if _input(inputs, i) is None else self.dev.upload(inputs[i], dtype)
+
+    def _act(self, x):
+        """An activation input on the device in the storage dtype (host inputs are uploaded)."""
+        if x is None:
+            raise InputError("a required input is missing")
+        return self.dev.upload(x, self.dtype)
+
+    def _index_input(self, x, name, node):
+        if self.dev.on_device(x) and x.dtype == np.int64:
+            return x
+        return self.dev.upload(_indices(self.dev.to_host(x), name, node), np.int64)
+
+    def _contiguous(self, x):
+        if x.flags.c_contiguous:
+            return x
+        if self.dev.capturing:
+            raise CaptureError("a strided input needed a contiguous copy while capturing a CUDA graph")
+        with _stream(self.dev):
+            return self.dev.xp.ascontiguousarray(x)
+
+    def _rows(self, b, shape, E):
+        """b as [N, E] rows of the broadcast `shape`, or [1, E] when it is one row broadcast over all."""
+        if tuple(b.shape) == tuple(shape):
+            return self._contiguous(b).reshape(-1, E)
+        if b.shape[-1] == E and b.size == E:
+            return self._contiguous(b).reshape(1, E)
+        return self._contiguous(self.dev.xp.broadcast_to(b, shape)).reshape(-1, E)
+
+    def _output(self, out, i, shape):
+        if out is None or i >= len(out) or out[i] is None:
+            return self.empty(shape)
+        self._check_out(out[i], shape)
+        return out[i]
+
+    def _check_out(self, y, shape):
+        if not (self.dev.on_device(y) and tuple(y.shape) == tuple(shape) and y.dtype == self.dtype
+                and y.flags.c_contiguous):
+            got = f"{getattr(y, 'dtype', type(y).__name__)}{list(getattr(y, 'shape', ()))}"
+            raise InputError(f"output buffer must be a C-contiguous device array {self.dtype.name}{list(shape)}, "
+                             f"got {got}")
+
+    def _dummy(self, name, shape, dtype):
+        d = self._dummies.get(name)
+        if d is None:
+            d = self._dummies[name] = self.zeros(shape, dtype)
+        return d
+
+    def _dummy1(self):
+        return self._dummy("f1", (1,), np.float32)
+
+    def _dummy2(self):
+        return self._dummy("s2", (1, 1), self.dtype)
+
+    def _dummy_idx(self):
+        return self._dummy("i2", (1, 1), np.int64)
+
+    def _dummy_f32_5(self):
+        return self._dummy("f5", (1, 1, 1, 1, 1), np.float32)
+
+
+class _Scratch:
+    """Per-op temporaries by (name, shape, dtype), LRU-bounded. A decode step allocates them in its warm-up run
+    (never while capturing) and keeps them (Device.keep), so what its graph points to outlives eviction here."""
+
+    def __init__(self, backend: CudaBackend):
+        self.backend = backend
+        self.arrays: OrderedDict = OrderedDict()
+
+    def get(self, name, shape, dtype):
+        key = (name, tuple(int(s) for s in shape), np.dtype(dtype).str)
+        a = self.arrays.get(key)
+        if a is None:
+            a = self.backend.dev.empty(key[1], dtype)
+            self.arrays[key] = a
+            if len(self.arrays) > SCRATCH_PER_OP:
+                self.arrays.popitem(last=False)
+        else:
+            self.arrays.move_to_end(key)
+        self.backend.dev.keep(a)
+        return a
+
+
+class _stream:
+    def __init__(self, dev):
+        self.s = dev.stream
+
+    def __enter__(self):
+        if self.s is not None:
+            self.s.__enter__()
+
+    def __exit__(self, *exc):
+        if self.s is not None:
+            return self.s.__exit__(*exc)
+
+
+# --- module helpers -------------------------------------------------------------------------------------------
+def _input(inputs, i):
+    return inputs[i] if i < len(inputs) else None
+
+
+def _sized(arr, n, node, name):
+    if arr is None or arr.size != n:
+        got = "nothing" if arr is None else f"shape {list(arr.shape)}"
+        raise InputError(f"node {node.name!r}: {name} must have {n} values, got {got}")
+    return arr.reshape(n)
+
+
+def _check_shape(x, shape, name, node):
+    if tuple(x.shape) != tuple(shape):
+        where = f"node {node.name!r}: " if node is not None else ""
+        raise InputError(f"{where}{name} must have shape {list(shape)}, got {list(x.shape)}")
+
+
+def _host_ranges(ranges, B, T, node):
+    """ranges [B, 2] int64 clipped to [0, T] (the kernels trust them as loop bounds); None: all columns."""
+    if ranges is None:
+        out = np.zeros((B, 2), np.int64)
+        out[:, 1] = T
+        return out
+    r = np.asarray(ranges)
+    if r.shape != (B, 2):
+        raise InputError(f"node {node.name!r}: ranges must have shape [{B}, 2], got {list(r.shape)}")
+    return np.clip(r, 0, T).astype(np.int64)
+
+
+def _pad_cols(W, Np):
+    """W [K, N] with zero columns appended up to Np (a copy only when padding)."""
+    W = np.asarray(W)
+    if W.shape[-1] == Np:
+        return W
+    out = np.zeros(W.shape[:-1] + (Np,), W.dtype)
+    out[..., :W.shape[-1]] = W
+    return out
+
+
+def _ptr(a) -> int:
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is not None:
+        return int(cai["data"][0])
+    return int(a.__array_interface__["data"][0])
+
+
+def _owner(a):
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
+
+
+def _split_base(out, M, N, split):
+    """The [M, N] array that the given split outputs are column views of (at the right offsets), else None.
+    A decode step captured from a warm-up run hands back exactly those views: the GEMM then writes in place."""
+    if out is None or len(out) < len(split) or any(o is None for o in out[:len(split)]):
+        return None
+    base = _owner(out[0])
+    if tuple(base.shape) != (M, N) or not base.flags.c_contiguous:
+        return None
+    item = base.dtype.itemsize
+    o = 0
+    for view, n in zip(out, split):
+        if _owner(view) is not base or _ptr(view) != _ptr(base) + o * item:
+            return None
+        o += n
+    return base
+
+
+def _view_shape(node, opset, shape, inputs):
+    """The output shape of a view op (Reshape, Squeeze, Unsqueeze, Flatten, Identity) on an input of `shape`,
+    with ONNX semantics; the shape operands are host arrays."""
+    from eetjit.reference.ops._common import int_list, normalize_axes
+    op, attrs, rank = node.op_type, node.attrs, len(shape)
+    size = math.prod(shape)
+    if op == "Identity":
+        return tuple(shape)
+    if op == "Flatten":
+        axis = int(attrs.get("axis", 1))
+        axis = axis + rank if axis < 0 else axis
+        return (math.prod(shape[:axis]), math.prod(shape[axis:]))
+    if op == "Reshape":
+        dims = int_list(inputs[1])
+        allowzero = int(attrs.get("allowzero", 0))
+        out = [shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+        if -1 in out:
+            known = math.prod(d for d in out if d != -1)
+            out[out.index(-1)] = size // known if known else 0
+        if math.prod(out) != size:
+            raise InputError(f"node {node.name!r}: cannot reshape {list(shape)} into {dims}")
+        return tuple(out)
+    axes = attrs.get("axes") if opset < 13 else (int_list(inputs[1]) if len(inputs) > 1 and inputs[1] is not None
+                                                 else None)
+    if op == "Squeeze":
+        if not axes:
+            return tuple(d for d in shape if d != 1)
+        axes = set(normalize_axes(axes, rank, "Squeeze"))
+        return tuple(d for i, d in enumerate(shape) if i not in axes)
+    out = list(shape)                                         # Unsqueeze
+    for a in sorted(normalize_axes(list(axes or []), rank + len(axes or []), "Unsqueeze")):
+        out.insert(a, 1)
+    return tuple(out)
+
+
+__all__ = ["CudaBackend", "PreparedOp"]

@@ -1,0 +1,230 @@
+"""The one place that knows whether the CUDA backend runs on a GPU or on Numba's CUDA simulator.
+
+GPU: device arrays are CuPy arrays on one CuPy stream; kernels launch on `numba.cuda.external_stream(stream.ptr)`
+with each array handed over as a Numba device array (`as_cuda_array(sync=False)`: the default would synchronize
+the stream, which breaks CUDA-graph capture); GEMMs are cuBLASLt through nvmath-python (eetjit.backends.cuda_gemm).
+Simulator (NUMBA_ENABLE_CUDASIM=1, CI without a GPU): "device" arrays are NumPy arrays, kernels run in the
+simulator, GEMMs are np.matmul, graphs are not captured (the decode step runs eagerly on its fixed buffers).
+
+Everything else in the backend is written once against `Device`; the templates get `sim` as a specialization
+constant (shared-memory reductions instead of warp shuffles, bit tricks through NumPy for bfloat16).
+bfloat16 arrays carry ml_dtypes' bfloat16 dtype (so cuBLASLt sees bf16) and reach kernels as uint16 views.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from eetjit.errors import InputError
+
+try:  # bfloat16 storage: ml_dtypes' NumPy dtype (a dependency of eetjit), understood by CuPy >= 14
+    from ml_dtypes import bfloat16 as BFLOAT16
+except ImportError:  # pragma: no cover
+    BFLOAT16 = None
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The NumPy dtype that arrays of a session dtype ("float32" | "float16" | "bfloat16") carry."""
+    if name == "float32":
+        return np.dtype(np.float32)
+    if name == "float16":
+        return np.dtype(np.float16)
+    if name == "bfloat16":
+        if BFLOAT16 is None:
+            raise InputError("dtype 'bfloat16' needs the ml_dtypes package")
+        return np.dtype(BFLOAT16)
+    raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {name!r}")
+
+
+def is_bfloat16(dtype) -> bool:
+    return BFLOAT16 is not None and np.dtype(dtype) == np.dtype(BFLOAT16)
+
+
+class CaptureError(RuntimeError):
+    """Something that cannot be part of a CUDA graph happened while capturing (an allocation, a host copy)."""
+
+
+class Device:
+    """Memory, stream, launches and host transfers of the CUDA backend (GPU or simulator)."""
+
+    def __init__(self):
+        from numba.cuda.core import config
+        self.simulated = bool(config.ENABLE_CUDASIM)
+        self.capturing = False
+        self.collecting: list | None = None   # see keep()
+        if self.simulated:
+            self.xp = np
+            self.stream = None
+            self.sm_count = 1
+        else:
+            try:
+                import cupy
+            except ImportError as e:  # pragma: no cover - GPU machines only
+                raise InputError("device='cuda' needs CuPy (pip install eetjit[cuda]); for CPU-only testing "
+                                 "set NUMBA_ENABLE_CUDASIM=1") from e
+            from numba import cuda
+            self.xp = cupy
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self._numba_stream = cuda.external_stream(self.stream.ptr)
+            self._as_cuda_array = cuda.as_cuda_array
+            self.sm_count = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+    # --- memory ------------------------------------------------------------------------------------
+    def empty(self, shape, dtype):
+        if self.capturing:
+            raise CaptureError(f"allocation of {np.dtype(dtype).name}{list(shape)} while capturing a CUDA graph")
+        if self.simulated:
+            return np.empty(shape, dtype)
+        with self.stream:
+            return self.xp.empty(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        a = self.empty(shape, dtype)
+        self.fill_zero(a)
+        return a
+
+    def fill_zero(self, a):
+        if self.simulated:
+            a[...] = 0
+        else:
+            with self.stream:
+                a.view(np.uint8 if a.dtype.itemsize == 1 else _uint(a.dtype.itemsize)).fill(0)
+
+    def on_device(self, x) -> bool:
+        return isinstance(x, np.ndarray) if self.simulated else isinstance(x, self.xp.ndarray)
+
+    def host_readable(self, x) -> bool:
+        """True for arrays whose values the host can read without a transfer (always true in the simulator)."""
+        return isinstance(x, (np.ndarray, np.generic, int, float))
+
+    def upload(self, x, dtype=None):
+        """x (host or device) as a device array of `dtype` (a copy only when needed)."""
+        dtype = np.dtype(dtype) if dtype is not None else None
+        if self.on_device(x):
+            if dtype is None or x.dtype == dtype:
+                return x
+            if self.capturing:
+                raise CaptureError("dtype conversion while capturing a CUDA graph")
+            with _maybe(self.stream):
+                return x.astype(dtype)
+        if self.capturing:
+            raise CaptureError("host-to-device copy while capturing a CUDA graph")
+        host = np.asarray(x) if dtype is None else np.asarray(x).astype(dtype, copy=False)
+        if self.simulated:
+            return np.array(host, order="C", copy=True)
+        with self.stream:
+            out = self.xp.empty(host.shape, host.dtype)
+            out.set(np.ascontiguousarray(host), stream=self.stream)
+            return out
+
+    def set(self, dst, host) -> None:
+        """Copy host values into the device array `dst` (same shape)."""
+        host = np.ascontiguousarray(np.asarray(host, dtype=dst.dtype).reshape(dst.shape))
+        if self.simulated:
+            dst[...] = host
+        else:
+            dst.set(host, stream=self.stream)
+
+    def to_host(self, x) -> np.ndarray:
+        if not self.on_device(x) or self.simulated:
+            return np.asarray(x)
+        return self.xp.asnumpy(x, stream=self.stream)   # waits for the stream
+
+    def copy(self, dst, src) -> None:
+        """dst[...] = src on the device (a strided copy kernel on the GPU, captured like any launch)."""
+        if self.simulated:
+            dst[...] = src
+        else:
+            with self.stream:
+                self.xp.copyto(dst, src)
+
+    def synchronize(self) -> None:
+        if not self.simulated:
+            self.stream.synchronize()
+
+    # --- kernels -----------------------------------------------------------------------------------
+    def kernel_arg(self, x):
+        """What a Numba kernel is handed for x: arrays as device arrays (bfloat16 as its uint16 bits)."""
+        if self.simulated:
+            if isinstance(x, np.ndarray):
+                if is_bfloat16(x.dtype):
+                    x = x.view(np.uint16)
+                # The simulator copies arguments in and out and refuses strided ones: inputs that are views
+                # (the q/k/v slices of a fused projection) travel as copies; outputs are always contiguous.
+                if not (x.flags.c_contiguous or x.flags.f_contiguous):
+                    x = np.ascontiguousarray(x)
+            return x
+        if isinstance(x, self.xp.ndarray):
+            if is_bfloat16(x.dtype):
+                x = x.view(self.xp.uint16)
+            return self._as_cuda_array(x, sync=False)
+        return x
+
+    def launch(self, kernel, grid, block, *args) -> None:
+        grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else int(grid)
+        if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
+            return
+        converted = [self.kernel_arg(a) for a in args]
+        if self.simulated:
+            kernel[grid, block](*converted)
+        else:
+            kernel[grid, block, self._numba_stream](*converted)
+
+    # --- graphs ------------------------------------------------------------------------------------
+    def keep(self, obj) -> None:
+        """Register an object that launches rely on beyond the op that made it (per-op scratch, GEMM plans and
+        their workspaces). While a decode step is being set up, `collecting` is a list that the step keeps with
+        its graph, so what the graph points to outlives any eviction by the op."""
+        if self.collecting is not None:
+            self.collecting.append(obj)
+
+    def capture(self, fn):
+        """Run fn() under stream capture and return the instantiated graph (GPU only). Nothing may allocate or
+        copy from the host meanwhile (CaptureError)."""
+        if self.simulated:
+            raise CaptureError("the CUDA simulator cannot capture graphs")
+        self.stream.synchronize()
+        self.capturing = True
+        try:
+            self.stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = self.stream.end_capture()
+        finally:
+            self.capturing = False
+        return graph
+
+    def replay(self, graph) -> None:
+        graph.launch(self.stream)
+
+
+def _uint(itemsize):
+    return {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
+
+
+class _maybe:
+    """`with stream:` when there is a stream (GPU), nothing in the simulator."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        if self.stream is not None:
+            self.stream.__enter__()
+
+    def __exit__(self, *exc):
+        if self.stream is not None:
+            return self.stream.__exit__(*exc)
+
+
+def stream_context(device: Device):
+    return _maybe(device.stream)
+
+
+@functools.lru_cache(maxsize=None)
+def get_device() -> Device:
+    """The process's Device (one CuPy stream for the process; the simulator needs none)."""
+    return Device()

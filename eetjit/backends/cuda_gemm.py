@@ -1,0 +1,80 @@
+"""GEMMs of the CUDA backend: y[M, N] = x[M, K] @ W[K, N] (+ bias) (activation), W and bias fixed at prepare.
+
+GPU: cuBLASLt through nvmath-python. cuBLAS is column-major and puts a bias on the rows of its result, so the
+product is computed transposed: y^T (N, M) = W^T (N, K) @ x^T (K, M), all three column-major views of the
+row-major arrays (no copies), written in place into `y` (nvmath's `inplace` C operand). Epilogues that compute
+the node's function exactly are fused: BIAS, RELU(_BIAS), GELU(_BIAS) (cuBLASLt's GELU is the tanh form);
+SiLU and erf-GELU are left to the backend's epilogue kernel. A Matmul is planned once per (M, pointers) and
+kept (an LRU per node): the decode step reuses the same buffers, so it never re-plans.
+Simulator: np.matmul in float32; nothing fused (the epilogue kernel does bias and activation, so CI tests it).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from eetjit.backends.cuda_device import Device, is_bfloat16
+
+# (activation, has_bias) -> cuBLASLt epilogue name, for the pairs cuBLASLt computes exactly.
+FUSED_EPILOGUES = {("none", False): "DEFAULT", ("none", True): "BIAS", ("relu", False): "RELU",
+                   ("relu", True): "RELU_BIAS", ("gelu_tanh", False): "GELU", ("gelu_tanh", True): "GELU_BIAS"}
+PLANS_PER_GEMM = 8
+
+
+class Gemm:
+    """A planned GEMM against a fixed weight. `fused_bias` / `fused_activation` say what the GEMM applied;
+    the caller runs the epilogue kernel for the rest."""
+
+    def __init__(self, device: Device, W_KN, bias_N=None, activation: str = "none"):
+        self.device = device
+        self.W_KN = W_KN
+        self.K, self.N = W_KN.shape
+        has_bias = bias_N is not None
+        if device.simulated:
+            self.epilogue = None
+            self.fused_bias = self.fused_activation = False
+            self._W32 = np.asarray(W_KN, np.float32)
+        else:
+            name = FUSED_EPILOGUES.get((activation, has_bias))
+            if name is None and has_bias:       # bias fused, activation left to the epilogue kernel
+                name = "BIAS"
+            self.epilogue = name
+            self.fused_bias = has_bias and name is not None and "BIAS" in name
+            self.fused_activation = (activation, has_bias) in FUSED_EPILOGUES or activation == "none"
+        self.bias_N = bias_N if self.fused_bias else None
+        self._plans: OrderedDict = OrderedDict()
+
+    def __call__(self, x_MK, y_MN) -> None:
+        """y_MN[...] = x_MK @ W (with the fused epilogue). y_MN is C-contiguous; x_MK has unit column stride."""
+        M = x_MK.shape[0]
+        if M == 0:
+            return
+        if self.device.simulated:
+            y_MN[...] = (np.asarray(x_MK, np.float32) @ self._W32).astype(y_MN.dtype)
+            return
+        key = (M, x_MK.data.ptr, x_MK.strides, y_MN.data.ptr)
+        mm = self._plans.get(key)
+        if mm is None:
+            mm = self._plan(x_MK, y_MN)
+            self._plans[key] = mm
+            if len(self._plans) > PLANS_PER_GEMM:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        self.device.keep(mm)                    # a captured graph holds its pointers and workspace
+        mm.execute(stream=self.device.stream)
+
+    def _plan(self, x_MK, y_MN):
+        from nvmath.linalg.advanced import Matmul, MatmulEpilog
+        stream = self.device.stream
+        mm = Matmul(self.W_KN.T, x_MK.T, c=y_MN.T, beta=0.0, options={"inplace": True}, stream=stream)
+        epilog_inputs = {"bias": self.bias_N} if self.fused_bias else None
+        epilog = None if self.epilogue in (None, "DEFAULT") else getattr(MatmulEpilog, self.epilogue)
+        mm.plan(epilog=epilog, epilog_inputs=epilog_inputs, stream=stream)
+        return mm
+
+
+def gemm_dtype_ok(dtype) -> bool:
+    """cuBLASLt takes every storage dtype of the backend (bf16 through ml_dtypes' dtype in CuPy)."""
+    return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float16)) or is_bfloat16(dtype)

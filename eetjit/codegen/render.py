@@ -1,0 +1,69 @@
+"""Templates -> Python source: find the template folder, read a template with everything it imports (for the
+key's hash), and render it with the specialization constants."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+
+from eetjit.codegen.key import SpecKey
+
+TEMPLATES_ENV = "EETJIT_TEMPLATES_DIR"  # a folder holding cpu/ and cuda/; overrides the shipped templates
+
+
+def templates_root(templates_dir=None) -> Path:
+    """The templates folder: the argument, else $EETJIT_TEMPLATES_DIR, else the shipped `templates/`."""
+    if templates_dir is not None:
+        return Path(templates_dir)
+    if os.environ.get(TEMPLATES_ENV):
+        return Path(os.environ[TEMPLATES_ENV])
+    from eetjit.resources import templates_dir as shipped
+    return shipped()
+
+
+_envs: dict[Path, jinja2.Environment] = {}
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    env = _envs.get(folder)
+    if env is None:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+                                 trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                                 autoescape=False, auto_reload=True)
+        _envs[folder] = env
+    return env
+
+
+def template_name(op: str) -> str:
+    return f"{op}.py.j2"
+
+
+def template_source(op: str, target: str = "cpu", templates_dir=None) -> str:
+    """The text of template `op` and of every template it imports or includes, recursively (so editing the
+    shared macros changes the key of every kernel that uses them)."""
+    folder = templates_root(templates_dir) / target
+    env = _environment(folder)
+    seen: dict[str, str] = {}
+    todo = [template_name(op)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            text, _, _ = env.loader.get_source(env, name)
+        except jinja2.TemplateNotFound:
+            raise FileNotFoundError(f"no {target} template {name!r} in {folder}") from None
+        seen[name] = text
+        todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
+    return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
+
+
+def render(key: SpecKey, templates_dir=None) -> str:
+    """Render the kernel module of `key`: its consts become template variables (baked in as literals)."""
+    folder = templates_root(templates_dir) / key.target
+    template = _environment(folder).get_template(template_name(key.op))
+    variables = dict(key.consts)
+    return template.render(variables, op=key.op, key=key, dtype=key.dtype, seq_bucket=key.seq_bucket,
+                           consts=key.consts)

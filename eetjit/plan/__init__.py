@@ -1,0 +1,1 @@
+"""Plan: model structure recognition (`structure`) and the graph specializations the runtime executes."""

@@ -1,0 +1,4 @@
+"""Runtime: `Session` (run / generate) over a compiled plan."""
+from eetjit.runtime.session import Session
+
+__all__ = ["Session"]

@@ -1,0 +1,145 @@
+"""ExecutionPlan: a graph bound to a backend's prepared ops, run step by step with planned buffers.
+
+Every value gets a slot; constants are loaded once. The first run with a new input signature (names,
+shapes, dtypes) traces the output shapes of every step; from them a memory plan assigns each kernel output a
+buffer, reusing a buffer once the last reader of the value in it has run (liveness). Later runs with that
+signature pass those buffers as `out=`, so steady state allocates nothing but the outputs handed back to
+the caller (never buffers the plan will overwrite) and what fallback ops (shape plumbing) make.
+Values produced by fallback ops may be views of kernel buffers (a Reshape); such a view keeps its base
+buffer alive as long as the view is read.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from eetjit.errors import ExecutionError, InputError, ModelError
+from eetjit.ir import Graph
+
+
+class ExecutionPlan:
+    MAX_SIGNATURES = 16
+
+    def __init__(self, graph: Graph, backend, verbose: bool = True):
+        self.graph = graph
+        self.backend = backend
+        slot: dict[int, int] = {}
+        for v in graph.values.values():
+            slot.setdefault(id(v), len(slot))
+        self.n_slots = len(slot)
+        self.consts = [(slot[id(v)], v.const) for v in graph.values.values() if v.is_const]
+        self.input_slots = [(v.name, slot[id(v)]) for v in graph.inputs]
+        self.output_slots = [slot[id(v)] for v in graph.outputs]
+        self.output_names = [v.name for v in graph.outputs]
+        self.ops = backend.prepare_all(graph.nodes, graph, verbose=verbose)
+        self.steps = [([None if v is None else slot[id(v)] for v in n.inputs], [slot[id(v)] for v in n.outputs])
+                      for n in graph.nodes]
+        last_use = {}
+        for i, (ins, _) in enumerate(self.steps):
+            for s in ins:
+                if s is not None:
+                    last_use[s] = i
+        self.last_use = last_use
+        self._arenas: OrderedDict = OrderedDict()
+        self.allocations = 0     # buffers the memory plans created (tests read it)
+
+    # --- running ---------------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray], output_names=None) -> list[np.ndarray]:
+        env: list = [None] * self.n_slots
+        for s, arr in self.consts:
+            env[s] = arr
+        for name, s in self.input_slots:
+            env[s] = feeds[name]
+        sig = tuple((name, feeds[name].shape, feeds[name].dtype.str) for name, _ in self.input_slots)
+        arena = self._arenas.get(sig)
+        if arena is None:
+            shapes = self._execute(env, None)
+            self._arenas[sig] = self._plan_memory(shapes)
+            if len(self._arenas) > self.MAX_SIGNATURES:
+                self._arenas.popitem(last=False)
+        else:
+            self._arenas.move_to_end(sig)
+            self._execute(env, arena)
+        if output_names is None:
+            return [env[s] for s in self.output_slots]
+        out = []
+        for name in output_names:
+            if name not in self.output_names:
+                raise InputError(f"unknown output name {name!r}; the model's outputs are {self.output_names}")
+            out.append(env[self.output_slots[self.output_names.index(name)]])
+        return out
+
+    def _execute(self, env: list, arena):
+        trace = [] if arena is None else None
+        for i, (op, (ins, outs)) in enumerate(zip(self.ops, self.steps)):
+            args = [None if s is None else env[s] for s in ins]
+            bufs = None if arena is None else arena[i]
+            try:
+                results = op(args, bufs)
+            except (InputError, ModelError, ExecutionError):
+                raise
+            except Exception as e:
+                node = op.node
+                shapes = ", ".join("None" if a is None else f"{a.dtype}{list(np.shape(a))}" for a in args)
+                raise ExecutionError(f"node {node.name!r} ({node.domain + '.' if node.domain else ''}"
+                                     f"{node.op_type}) failed on inputs ({shapes}): {e}") from e
+            for s, r in zip(outs, results):
+                env[s] = r
+            if trace is not None:
+                trace.append([(r.shape, r.dtype) if isinstance(r, np.ndarray) else None for r in results])
+                for s in ins:  # drop what no later step reads
+                    if s is not None and self.last_use.get(s) == i and s not in self.output_slots:
+                        pass  # kept in env for alias detection below; freed with env
+        if trace is not None:
+            self._alias = self._find_aliases(env)
+        return trace
+
+    def _find_aliases(self, env) -> dict[int, int]:
+        """slot of a fallback op's output that is a view of a kernel output → that kernel output's slot."""
+        alias: dict[int, int] = {}
+        kernel_slots = [s for op, (_, outs) in zip(self.ops, self.steps) if not op.fallback for s in outs]
+        for op, (ins, outs) in zip(self.ops, self.steps):
+            if not op.fallback:
+                continue
+            for s in outs:
+                r = env[s]
+                if not isinstance(r, np.ndarray) or r.base is None:
+                    continue
+                for k in kernel_slots:
+                    b = env[k]
+                    if isinstance(b, np.ndarray) and np.shares_memory(r, b):
+                        alias[s] = alias.get(k, k)
+        return alias
+
+    def _plan_memory(self, trace) -> list:
+        """Per step, the out= buffers of a kernel op (None for fallback ops), reusing dead buffers."""
+        alias = getattr(self, "_alias", {})
+        end = dict(self.last_use)
+        for view, base in alias.items():  # a view keeps its base alive
+            end[base] = max(end.get(base, -1), end.get(view, -1))
+        outputs = set(self.output_slots)
+        free: dict[tuple, list] = {}
+        releases: dict[int, list] = {}
+        plan = []
+        for i, (op, (_, outs)) in enumerate(zip(self.ops, self.steps)):
+            for key, buf in releases.pop(i, []):
+                free.setdefault(key, []).append(buf)
+            if op.fallback or any(t is None for t in trace[i]):
+                plan.append(None)
+                continue
+            bufs = []
+            for s, (shape, dtype) in zip(outs, trace[i]):
+                if s in outputs:
+                    bufs.append(None)  # handed to the caller: a fresh array every run
+                    continue
+                key = (shape, np.dtype(dtype).str)
+                pool = free.get(key)
+                buf = pool.pop() if pool else None
+                if buf is None:
+                    buf = self.backend.empty(shape, dtype)
+                    self.allocations += 1
+                bufs.append(buf)
+                releases.setdefault(end.get(s, i) + 1, []).append((key, buf))
+            plan.append(bufs)
+        return plan

@@ -1,0 +1,81 @@
+"""Linear (GEMM + bias/activation epilogue, split outputs, padded widths) and SwiGLU on the CUDA backend."""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import get_backend
+from cuda_helpers import SETTINGS, assert_close, pick, reference, rounded, run_cuda, single_node, values
+
+from eetjit.backends.cpu import ACTIVATIONS
+
+DTYPES = st.sampled_from(["float32", "float16", "bfloat16"])
+seeds = st.integers(0, 2**32 - 1)
+# Widths: multiples of the GEMM alignment (64) and odd ones (padded to it, then sliced: the LM head path).
+WIDTHS = pick((8, 13, 64, 97), (64, 97, 768, 1000, 3072))
+DEPTHS = pick((4, 16), (32, 768, 1024))
+
+
+def _scale(dtype, K):
+    # products of K terms of size ~1 accumulate rounding of the stored inputs
+    return 1.0 if dtype == "float32" else max(1.0, np.sqrt(K) / 4)
+
+
+@SETTINGS
+@given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(3, 40)),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), dtype=DTYPES, seed=seeds)
+def test_linear(where, K, N, M, act, has_bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = values(rng, (M, K)) / np.sqrt(K)
+    W = values(rng, (K, N))
+    bias = values(rng, (N,)) if has_bias else None
+    inputs = [x[None], W, bias]
+    g, node = single_node("Linear", inputs, {"activation": act}, const={1, 2})
+    want = reference(g, node, [rounded(x, dtype)[None], rounded(W, dtype), bias])
+    assert_close(run_cuda(get_backend(dtype), g, node, inputs), want, dtype, _scale(dtype, K))
+
+
+@SETTINGS
+@given(parts=st.lists(st.sampled_from(pick((2, 3, 8), (64, 128, 80))), min_size=2, max_size=3),
+       S=st.integers(1, pick(3, 20)), has_bias=st.booleans(), given_out=st.booleans(), seed=seeds)
+def test_linear_split(where, parts, S, has_bias, given_out, seed):
+    """The fused q/k/v projection: one GEMM, outputs are column slices (views, or copied into given buffers)."""
+    backend = get_backend()
+    rng = np.random.default_rng(seed)
+    K, N = 8, sum(parts)
+    inputs = [values(rng, (2, S, K)), values(rng, (K, N)), values(rng, (N,)) if has_bias else None]
+    g, node = single_node("Linear", inputs, {"activation": "none", "split": parts}, const={1, 2},
+                          outputs=len(parts))
+    out = [backend.empty((2, S, n)) for n in parts] if given_out else None
+    got = backend.prepare(node, g)(inputs, out)
+    if given_out:
+        assert all(a is b for a, b in zip(got, out))
+    assert_close([backend.to_host(x) for x in got], reference(g, node, inputs))
+
+
+def test_linear_split_views_are_reused_in_place(where):
+    """Handing a split Linear the views it returned (a decode step being captured) makes no new buffer."""
+    backend = get_backend()
+    rng = np.random.default_rng(3)
+    inputs = [values(rng, (2, 1, 8)), values(rng, (8, 12)), values(rng, (12,))]
+    g, node = single_node("Linear", inputs, {"activation": "none", "split": [4, 4, 4]}, const={1, 2}, outputs=3)
+    op = backend.prepare(node, g)
+    first = op(inputs)
+    inputs2 = [values(rng, (2, 1, 8))] + inputs[1:]
+    second = op(inputs2, first)
+    assert all(a is b for a, b in zip(first, second))
+    assert_close([backend.to_host(x) for x in second], reference(g, node, inputs2))
+
+
+@SETTINGS
+@given(K=st.sampled_from(DEPTHS), F=st.sampled_from(pick((4, 9), (64, 2048, 1000))), M=st.integers(1, pick(3, 40)),
+       has_gate_bias=st.booleans(), has_up_bias=st.booleans(), dtype=DTYPES, seed=seeds)
+def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = values(rng, (1, M, K)) / np.sqrt(K)
+    Wg, Wu = values(rng, (K, F)), values(rng, (K, F))
+    bg = values(rng, (F,)) if has_gate_bias else None
+    bu = values(rng, (F,)) if has_up_bias else None
+    inputs = [x, Wg, Wu, bg, bu]
+    g, node = single_node("SwiGLU", inputs, {}, const={1, 2, 3, 4})
+    want = reference(g, node, [rounded(x, dtype), rounded(Wg, dtype), rounded(Wu, dtype), bg, bu])
+    assert_close(run_cuda(get_backend(dtype), g, node, inputs), want, dtype, _scale(dtype, K))
