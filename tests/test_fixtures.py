@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eetjit
-from conftest import GRAPHS, fixture_names, fixture_path, random_feeds, reference
+from cases import GRAPHS, fixture_names, fixture_path, random_feeds, reference
 
 NAMES = fixture_names()
 ORT_CANNOT_RUN = {n for n in NAMES if n.startswith("llama-dyn23")}  # ORT's RotaryEmbedding rejects the export

@@ -457,6 +457,41 @@ class CpuBackend:
             return y
         return run
 
+    # --- generation (eetjit.plan.generation) ------------------------------------------------------------
+    def _prepare_CachedAttention(self, node, seq_lens):
+        """step 0: the prompt pass (prefill kernel, ranges [start, S)); step > 0: a one-token decode step."""
+        a = node.attrs
+        H, Hkv, D, scale = a["num_heads"], a.get("kv_num_heads", a["num_heads"]), a["head_dim"], a["scale"]
+        prefill = self.prepare_attention_prefill_cached(H, Hkv, D, scale, seq_lens)
+        decoders: dict[int, Callable] = {}
+
+        def run(inputs, out):
+            q, k, v, k_cache, v_cache, start, step = inputs[:7]
+            t0 = int(step.reshape(-1)[0])
+            y = None if out is None else out[0]
+            if t0 == 0:
+                B, S = q.shape[0], q.shape[1]
+                ranges = np.stack([np.asarray(start, np.int64).reshape(B), np.full(B, S, np.int64)], axis=1)
+                return [prefill(q, k, v, k_cache, v_cache, ranges, out=y)]
+            if q.shape[1] != 1:
+                raise InputError(f"CachedAttention: a chunk of {q.shape[1]} tokens after the prompt pass "
+                                 "is not supported (decode steps take one token)")
+            T = k_cache.shape[2]
+            fn = decoders.get(T)
+            if fn is None:
+                fn = decoders[T] = self.prepare_attention_decode(H, Hkv, D, scale, T)
+            return [fn(q, k, v, k_cache, v_cache, start, t0, out=y)]
+        return run
+
+    def _prepare_LastToken(self, node, seq_lens):
+        def run(inputs, out):
+            x = inputs[0]
+            if out is not None and out[0] is not None:
+                out[0][...] = x[:, -1:, :]
+                return [out[0]]
+            return [np.ascontiguousarray(x[:, -1:, :])]
+        return run
+
     def attention_prefill_cached(self, q, k, v, k_cache, v_cache, ranges=None, *, num_heads, kv_num_heads,
                                  head_dim, scale, out=None):
         """One-shot form of prepare_attention_prefill_cached (the prepared function is memoized)."""

@@ -6,7 +6,8 @@ One graph serves the prompt pass (S = P, step = 0) and every decode step (S = 1,
   derives from the attention mask);
 - each eet.Attention becomes eet.CachedAttention over that layer's cache (`eet_k_cache_<i>`,
   `eet_v_cache_<i>`, [B, Hkv, T, D]) with `eet_start[B]` (pad counts) and `eet_step[1]`; the mask
-  subgraph and PadInfo become dead and are dropped: no mask tensor exists;
+  subgraph and PadInfo become dead and are dropped: no mask tensor exists (a Shape of the mask, which some
+  exports use for reshape targets, reads input_ids instead: same shape);
 - the LM head reads only the last column (eet.LastToken), so a prompt pass computes B logits rows, not B*P.
 """
 from __future__ import annotations
@@ -65,6 +66,11 @@ def specialize_for_generation(fused: Graph, s: Structure) -> GenerationGraph:
         g.set_input(head, 0, last)
     g.inputs = new_inputs
     g.remove_dead()
+    if s.attention_mask is not None and s.attention_mask in g.values:
+        # Exports may take a reshape target from Shape(attention_mask); its shape is input_ids' shape.
+        mask = g.values[s.attention_mask]
+        if all(u.op_type == "Shape" for u in mask.users):
+            g.replace_all_uses(mask, ids)
     g.toposort()
     leftover = [n for n in g.nodes if any(v is not None and not v.is_const and v.producer is None
                                           and v not in g.inputs for v in n.inputs)]

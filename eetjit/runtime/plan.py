@@ -87,7 +87,7 @@ class ExecutionPlan:
             for s, r in zip(outs, results):
                 env[s] = r
             if trace is not None:
-                trace.append([(r.shape, r.dtype) if isinstance(r, np.ndarray) else None for r in results])
+                trace.append([(r.shape, r.dtype) if _is_array(r) else None for r in results])
                 for s in ins:  # drop what no later step reads
                     if s is not None and self.last_use.get(s) == i and s not in self.output_slots:
                         pass  # kept in env for alias detection below; freed with env
@@ -104,11 +104,11 @@ class ExecutionPlan:
                 continue
             for s in outs:
                 r = env[s]
-                if not isinstance(r, np.ndarray) or r.base is None:
+                if not _is_array(r) or getattr(r, "base", None) is None:
                     continue
                 for k in kernel_slots:
                     b = env[k]
-                    if isinstance(b, np.ndarray) and np.shares_memory(r, b):
+                    if _is_array(b) and _shares_memory(r, b):
                         alias[s] = alias.get(k, k)
         return alias
 
@@ -143,3 +143,27 @@ class ExecutionPlan:
                 releases.setdefault(end.get(s, i) + 1, []).append((key, buf))
             plan.append(bufs)
         return plan
+
+
+def _is_array(x) -> bool:
+    """A host (NumPy) or device (CuPy, `__cuda_array_interface__`) array."""
+    return isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")
+
+
+def _shares_memory(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    ia, ib = getattr(a, "__cuda_array_interface__", None), getattr(b, "__cuda_array_interface__", None)
+    if ia is None or ib is None:
+        return False
+    return _span(a, ia)[0] < _span(b, ib)[1] and _span(b, ib)[0] < _span(a, ia)[1]
+
+
+def _span(x, cai) -> tuple[int, int]:
+    """[first, last + 1) byte addresses a device array can touch."""
+    lo = hi = int(cai["data"][0])
+    for n, st in zip(x.shape, x.strides):
+        if n == 0:
+            return lo, lo
+        (lo, hi) = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
+    return lo, hi + x.dtype.itemsize

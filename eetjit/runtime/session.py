@@ -63,7 +63,9 @@ class Session:
             if s.max_positions is not None and ids.ndim == 2 and ids.shape[1] > s.max_positions:
                 raise InputError(f"input {s.input_ids!r}: sequence length {ids.shape[1]} is over the model's "
                                  f"{s.max_positions} positions")
-        return self.plan.run(feeds, output_names)
+        outs = self.plan.run(feeds, output_names)
+        to_host = getattr(self.backend, "to_host", None)     # the CUDA backend hands back device arrays
+        return outs if to_host is None else [to_host(o) for o in outs]
 
     def generate(self, prompts, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed=None, eos_token_id=None, stream: bool = False):
@@ -75,7 +77,10 @@ class Session:
             raise ModelError("generate() needs a decoder-only language model; this graph was not recognized as "
                              "one (see `eetjit inspect`)")
         if self._generator is None:
-            from eetjit.runtime.generate import Generator
+            if self.device == "cuda":   # decode steps as captured CUDA graphs (eetjit.runtime.cuda_graph)
+                from eetjit.runtime.cuda_graph import CudaGenerator as Generator
+            else:
+                from eetjit.runtime.generate import Generator
             self._generator = Generator(self)
         return self._generator.generate(prompts, stream=stream, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import eetjit
-from conftest import family, fixture_names, fixture_path, random_feeds
+from cases import family, fixture_names, fixture_path, random_feeds
 from eetjit.reference.executor import run_graph
 from eetjit.rewrite import fuse
 from eetjit.rewrite.rules import attention, rotary

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eetjit
-from conftest import assert_rel_close, family, fixture_names, fixture_path, random_feeds
+from cases import assert_rel_close, family, fixture_names, fixture_path, random_feeds
 
 NAMES = fixture_names()
 L = 2  # layers in the tiny fixtures

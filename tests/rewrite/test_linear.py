@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import eetjit
-from conftest import family, fixture_names, fixture_path, random_feeds
+from cases import family, fixture_names, fixture_path, random_feeds
 from eetjit.ir import Graph
 from eetjit.reference.executor import run_graph
 from eetjit.rewrite.rules import activation, linear, qkv, swiglu

@@ -1,0 +1,147 @@
+"""Pre-padding generation: greedy tokens equal Hugging Face `generate` token for token; pads cost nothing."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import eetjit
+from cases import GRAPHS, fixture_path
+from eetjit import InputError
+
+LENGTHS = (1, 5, 17, 33)
+NEW = 64
+EOS = 2
+
+
+def export_module():
+    spec = importlib.util.spec_from_file_location("graphs_export", GRAPHS / "export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def prompts(vocab=97, lengths=LENGTHS, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, n).tolist() for n in lengths]
+
+
+def hf_greedy(model, batch, new, eos):
+    """HF generate on a left-padded batch; returns each row's prompt + new tokens, cut after eos."""
+    import torch
+    P = max(len(p) for p in batch)
+    ids = torch.zeros((len(batch), P), dtype=torch.long)
+    mask = torch.zeros((len(batch), P), dtype=torch.long)
+    for b, p in enumerate(batch):
+        ids[b, P - len(p):] = torch.tensor(p)
+        mask[b, P - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                             pad_token_id=0, eos_token_id=eos, min_new_tokens=0)
+    seqs = []
+    for b, p in enumerate(batch):
+        new_tokens = out[b, P:].tolist()
+        if eos is not None and eos in new_tokens:
+            new_tokens = new_tokens[: new_tokens.index(eos) + 1]
+        seqs.append(list(p) + new_tokens)
+    return seqs
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    cache = {}
+
+    def get(name, **kw):
+        key = (name, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = eetjit.compile(fixture_path(name), max_batch=4, max_seq_len=128, verbose=False, **kw)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("name", ["gpt2-ts17-eager", "gpt2-dyn18-sdpa", "llama-ts17-eager", "llama-dyn23-sdpa"])
+def test_greedy_matches_hugging_face(name, sessions):
+    pytest.importorskip("torch")
+    family, _, attn = name.split("-")
+    model = export_module().build_model(family, "tiny", 0, attn)
+    batch = prompts()
+    want = hf_greedy(model, batch, NEW, EOS)
+    got = sessions(name).generate(batch, max_new_tokens=NEW, eos_token_id=EOS)
+    assert got == want
+
+
+def test_pad_columns_are_never_read(sessions):
+    """Poison the pad columns of every layer's KV cache after the prompt pass: the tokens do not change."""
+    sess = sessions("gpt2-ts17-eager")
+    batch = prompts(lengths=(2, 9, 4))
+    clean = sess.generate(batch, max_new_tokens=12)
+    pads = [9 - len(p) for p in batch]
+    stream = sess.generate(batch, max_new_tokens=12, stream=True)
+    steps = [next(stream)]
+    for cache in sess._generator.caches.values():
+        for b, pad in enumerate(pads):
+            cache[b, :, :pad, :] = np.nan
+    steps += list(stream)
+    poisoned = [list(p) + [s[b] for s in steps] for b, p in enumerate(batch)]
+    assert poisoned == clean
+
+
+def test_sampling_is_reproducible(sessions):
+    sess = sessions("llama-ts17-eager")
+    batch = prompts(lengths=(3, 6))
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
+    a = sess.generate(batch, seed=7, **kw)
+    b = sess.generate(batch, seed=7, **kw)
+    c = sess.generate(batch, seed=8, **kw)
+    assert a == b and a != c
+
+
+def test_stream_yields_each_step(sessions):
+    sess = sessions("gpt2-ts17-eager")
+    batch = prompts(lengths=(3, 4))
+    steps = list(sess.generate(batch, max_new_tokens=5, stream=True))
+    full = sess.generate(batch, max_new_tokens=5)
+    assert len(steps) == 5
+    assert [list(p) + [s[b] for s in steps] for b, p in enumerate(batch)] == full
+
+
+def test_eos_stops_one_sequence_only(sessions):
+    sess = sessions("gpt2-ts17-eager")
+    batch = prompts(lengths=(3, 4))
+    free = sess.generate(batch, max_new_tokens=8)
+    eos = free[0][3 + 2]  # the third token sequence 0 generates
+    got = sess.generate(batch, max_new_tokens=8, eos_token_id=eos)
+    assert got[0] == free[0][: 3 + 3]
+    first = next((i for i, t in enumerate(free[1][4:]) if t == eos), None)
+    assert got[1] == (free[1] if first is None else free[1][: 4 + first + 1])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(prompts=[[5] * 100], max_new_tokens=40), "max_seq_len"),
+    (dict(prompts=[[]], max_new_tokens=4), "empty"),
+    (dict(prompts=[[5, 97]], max_new_tokens=4), "vocabulary"),
+    (dict(prompts=[[5]] * 5, max_new_tokens=4), "max_batch"),
+    (dict(prompts=[[5]], max_new_tokens=0), "max_new_tokens"),
+    (dict(prompts=[[5]], max_new_tokens=3, do_sample=True, top_p=0.0), "top_p"),
+])
+def test_bad_arguments_are_input_errors_and_session_survives(sessions, bad, match):
+    sess = sessions("gpt2-ts17-eager")
+    with pytest.raises(InputError, match=match):
+        sess.generate(**bad)
+    assert len(sess.generate([[5, 6]], max_new_tokens=3)[0]) == 5
+
+
+def test_bert_mixed_lengths_equal_each_alone(sessions):
+    sess = sessions("bert-ts17-eager")
+    rng = np.random.default_rng(3)
+    lengths = (7, 3, 5, 1)
+    S = max(lengths)
+    ids = rng.integers(3, 97, (len(lengths), S)).astype(np.int64)
+    types = rng.integers(0, 2, (len(lengths), S)).astype(np.int64)
+    mask = (np.arange(S)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    (batch,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    for b, n in enumerate(lengths):
+        one = {"input_ids": ids[b:b + 1, :n], "attention_mask": mask[b:b + 1, :n], "token_type_ids": types[b:b + 1, :n]}
+        (alone,) = sess.run(None, one)
+        np.testing.assert_allclose(batch[b, :n], alone[0], rtol=1e-5, atol=1e-5)
