@@ -75,6 +75,42 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise SystemExit(f"--prompt-ids expects integers separated by spaces, got {text!r}")
+
+
+def cmd_generate(args) -> int:
+    import time
+
+    import eetjit
+    prompts = [_parse_ids(p) for p in args.prompt_ids]
+    longest = max((len(p) for p in prompts), default=0)
+    max_seq_len = args.max_seq_len or max(longest + max(args.max_new_tokens, 0), 2)
+    t0 = time.perf_counter()
+    sess = eetjit.compile(args.model, device=args.device, dtype=args.dtype, max_batch=max(len(prompts), 1),
+                          max_seq_len=max_seq_len, verbose=True)
+    t1 = time.perf_counter()
+    seqs = [list(p) for p in prompts]
+    steps = 0
+    for step in sess.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              eos_token_id=args.eos_token_id, stream=True):
+        steps += 1
+        for b, t in enumerate(step):
+            if t is not None:
+                seqs[b].append(t)
+    t2 = time.perf_counter()
+    for b, seq in enumerate(seqs):
+        new = seq[len(prompts[b]):]
+        print(f"[{b}] prompt {' '.join(map(str, prompts[b]))} -> {' '.join(map(str, new))}")
+    print(f"session ready in {t1 - t0:.2f} s; {steps} steps in {t2 - t1:.3f} s on {args.device} "
+          "(first use compiles the generation kernels, then they load from the disk cache)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eetjit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -94,11 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     r.set_defaults(func=cmd_run)
 
-    try:
-        from eetjit.cli_generate import add_generate_parsers
-        add_generate_parsers(sub)
-    except ImportError:
-        pass
+    gen = sub.add_parser("generate", help="generate tokens from prompt ids (EET pre-padding, KV cache)")
+    gen.add_argument("model", nargs="?", default=None, help="ONNX decoder (default: the shipped tiny GPT-2)")
+    gen.add_argument("--prompt-ids", action="append", required=True, metavar='"1 2 3"',
+                     help="token ids of one prompt; repeat for a batch")
+    gen.add_argument("--max-new-tokens", type=int, default=16)
+    gen.add_argument("--do-sample", action="store_true")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--eos-token-id", type=int, default=None)
+    gen.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    gen.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    gen.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: prompt + new tokens)")
+    gen.set_defaults(func=cmd_generate)
     p.set_defaults(default_model=default_model)
     return p
 

@@ -145,3 +145,23 @@ def test_bert_mixed_lengths_equal_each_alone(sessions):
         one = {"input_ids": ids[b:b + 1, :n], "attention_mask": mask[b:b + 1, :n], "token_type_ids": types[b:b + 1, :n]}
         (alone,) = sess.run(None, one)
         np.testing.assert_allclose(batch[b, :n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bert_batch_runs_packed(sessions):
+    """A padded encoder batch runs on its real tokens only (Pack after the embedding, Unpack around attention)."""
+    sess = sessions("bert-ts14-sdpa")
+    rng = np.random.default_rng(4)
+    lengths = (6, 2, 4)
+    S = max(lengths)
+    feeds = {"input_ids": rng.integers(3, 97, (3, S)).astype(np.int64),
+             "attention_mask": (np.arange(S)[None, :] < np.array(lengths)[:, None]).astype(np.int64),
+             "token_type_ids": rng.integers(0, 2, (3, S)).astype(np.int64)}
+    before = sess.stats["packed_runs"]
+    (got,) = sess.run(None, feeds)
+    assert sess.stats["packed_runs"] == before + 1
+    packed_graph = sess._packed_plan().graph
+    assert sum(n.op_type == "Pack" for n in packed_graph.nodes) >= 1
+    (want,) = eetjit.compile(fixture_path("bert-ts14-sdpa"), fuse=False, verbose=False).run(None, feeds)
+    real = feeds["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
+    assert np.all(got[~real] == 0)

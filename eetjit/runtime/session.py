@@ -40,6 +40,8 @@ class Session:
         self.backend = make_backend(device, dtype, verbose)
         self.plan = self._make_plan(graph)
         self._generator = None
+        self._packed = None          # (plan,) of the packed encoder graph, built on first use
+        self.stats = {"runs": 0, "packed_runs": 0}
 
     def _make_plan(self, graph: Graph) -> ExecutionPlan:
         return ExecutionPlan(graph, self.backend, verbose=self.verbose)
@@ -63,9 +65,28 @@ class Session:
             if s.max_positions is not None and ids.ndim == 2 and ids.shape[1] > s.max_positions:
                 raise InputError(f"input {s.input_ids!r}: sequence length {ids.shape[1]} is over the model's "
                                  f"{s.max_positions} positions")
-        outs = self.plan.run(feeds, output_names)
+        self.stats["runs"] += 1
+        plan = self.plan
+        if s is not None and s.kind == "encoder" and s.attention_mask in feeds:
+            mask = feeds[s.attention_mask]
+            if mask.ndim == 2 and not mask.all() and self._packed_plan() is not None:
+                from eetjit.fused.op_attention import pad_info
+                from eetjit.plan.packing import INDEX
+                pad_info(mask)  # rejects masks with holes, as the padded path does
+                self.stats["packed_runs"] += 1
+                plan = self._packed_plan()
+                feeds = {**feeds, INDEX: np.flatnonzero(mask.reshape(-1)).astype(np.int64)}
+        outs = plan.run(feeds, output_names)
         to_host = getattr(self.backend, "to_host", None)     # the CUDA backend hands back device arrays
         return outs if to_host is None else [to_host(o) for o in outs]
+
+    def _packed_plan(self):
+        """The plan of the packed encoder graph (eetjit.plan.packing), or None when packing does not apply."""
+        if self._packed is None:
+            from eetjit.plan.packing import specialize_for_packing
+            g = specialize_for_packing(self.graph, self.structure)
+            self._packed = (None if g is None else self._make_plan(g),)
+        return self._packed[0]
 
     def generate(self, prompts, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed=None, eos_token_id=None, stream: bool = False):
