@@ -165,3 +165,18 @@ def test_bert_batch_runs_packed(sessions):
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
     assert np.all(got[~real] == 0)
+
+
+@pytest.mark.slow
+def test_greedy_matches_hugging_face_gpt2_small(tmp_path):
+    """GPT-2 small size (124M, random weights), exported here, greedy 64 tokens for prompts of 1, 5, 17, 33."""
+    pytest.importorskip("torch")
+    mod = export_module()
+    model = mod.build_model("gpt2", "base", 0, "eager")
+    path = tmp_path / "gpt2-small.onnx"
+    mod.export_onnx(mod.wrap("gpt2", model), "gpt2", "ts17", path, mod.make_inputs("gpt2", model.config.vocab_size))
+    batch = prompts(vocab=model.config.vocab_size)
+    want = hf_greedy(model, batch, NEW, model.config.eos_token_id)
+    sess = eetjit.compile(path, max_batch=4, max_seq_len=128, verbose=False)
+    got = sess.generate(batch, max_new_tokens=NEW, eos_token_id=model.config.eos_token_id)
+    assert got == want
