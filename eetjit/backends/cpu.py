@@ -16,6 +16,7 @@ The KV-cache steps of generation are methods too: `attention_prefill_cached` and
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Iterable
 
 import numba
@@ -38,6 +39,21 @@ ATTENTION_ROWS_PER_BLOCK = ((64, "bucket"), (512, 32), (None, 16))
 # costs ~12 us on an idle machine (measured, 16 cores, OpenMP layer) and milliseconds when the cores are busy,
 # e.g. with OpenBLAS threads still spinning after a GEMM; 2^18 vectorized elements take ~80 us on one core.
 MIN_PARALLEL_WORK = 1 << 18
+
+
+def _passive_openmp_workers() -> None:
+    """Make the OpenMP runtime behind Numba's "omp" threading layer park its idle workers at once instead of
+    spinning (libgomp's default spins before sleeping). Between two Numba kernels the session runs a BLAS GEMM
+    on OpenBLAS's own threads; spinning OpenMP workers then take the cores from it (and from other processes),
+    measured 2.1-2.5x slower forward passes on a 2-core machine (benchmarks/NOTES.md). libgomp reads the
+    variable once, when Numba starts its pool, so this only acts before that and never overrides a value the
+    user set."""
+    from numba.np.ufunc import parallel
+    if not getattr(parallel, "_is_initialized", True):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_passive_openmp_workers()
 
 
 def launch(kernel, work: int, *args):

@@ -29,7 +29,7 @@ import numpy as np
 
 from eetjit import codegen
 from eetjit.backends.cpu import ACTIVATIONS, PreparedOp, _batch_rows, _check_range, _heads, _indices
-from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, storage_dtype
+from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, storage_dtype, stream_context
 from eetjit.backends.cuda_gemm import Gemm
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node
@@ -45,13 +45,14 @@ ARGMAX_THREADS = {"gpu": 512, "sim": 8}
 ATTENTION_LANES_GPU = ((64, 16), (None, 32))
 ATTENTION_LANES_SIM = 4
 ATTENTION_GROUPS = {"gpu": 8, "sim": 2}
+ATTENTION_UNROLL = {"gpu": 4, "sim": 2}                  # adjacent columns per group per iteration (loads in flight)
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
 ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
-SCRATCH_PER_OP = 2                                       # scratch shapes kept per op (LRU)
+SCRATCH_SHAPES = 2              # shapes kept per op and scratch name (LRU): the prompt's and the decode step's
 VIEW_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
@@ -294,7 +295,7 @@ class CudaBackend:
         if not (node.input(1).is_const and node.input(2).is_const):
             raise InputError(f"node {node.name!r}: SwiGLU weights must be constants on the CUDA backend")
         Wg, Wu = node.input(1).const, node.input(2).const
-        W_dev = self._upload_const(Wg, self.dtype, "swiglu",
+        W_dev = self._upload_const(Wg, self.dtype, f"swiglu-{id(Wu)}",       # [W_gate | W_up]
                                    lambda w: np.concatenate([w, np.asarray(Wu)], axis=1))
         K, F = Wg.shape
         gemm = Gemm(self.dev, W_dev, None, "none")
@@ -429,7 +430,7 @@ class CudaBackend:
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
         groups = ATTENTION_GROUPS[self.mode]
         consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, lanes=lanes, groups=groups,
-                      split=split)
+                      unroll=ATTENTION_UNROLL[self.mode], split=split)
         if layout == "bshd":
             consts["causal"] = causal
         return self.kernel("attention", **consts), lanes * groups
@@ -523,7 +524,7 @@ class CudaBackend:
         kern = self.kernel("argmax", advance=advance, threads=threads)
         if not advance:
             ids_B1, positions_B1, step_1 = self._dummy_idx(), self._dummy_idx(), self._dummy_idx().reshape(1)
-        with _stream(self.dev):
+        with stream_context(self.dev):
             self.dev.launch(kern, B, threads, logits_BV, tokens_B, ids_B1, positions_B1, step_1)
 
     # --- plain ONNX ops -----------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ class CudaBackend:
             return x
         if self.dev.capturing:
             raise CaptureError("a strided input needed a contiguous copy while capturing a CUDA graph")
-        with _stream(self.dev):
+        with stream_context(self.dev):
             return self.dev.xp.ascontiguousarray(x)
 
     def _rows(self, b, shape, E):
@@ -644,38 +645,27 @@ class CudaBackend:
 
 
 class _Scratch:
-    """Per-op temporaries by (name, shape, dtype), LRU-bounded. A decode step allocates them in its warm-up run
-    (never while capturing) and keeps them (Device.keep), so what its graph points to outlives eviction here."""
+    """Per-op temporaries by name, each an LRU of SCRATCH_SHAPES (shape, dtype) entries. A decode step allocates
+    them in its warm-up run (never while capturing) and keeps them (Device.keep), so what its graph points to
+    outlives eviction here."""
 
     def __init__(self, backend: CudaBackend):
         self.backend = backend
-        self.arrays: OrderedDict = OrderedDict()
+        self.arrays: dict[str, OrderedDict] = {}
 
     def get(self, name, shape, dtype):
-        key = (name, tuple(int(s) for s in shape), np.dtype(dtype).str)
-        a = self.arrays.get(key)
+        lru = self.arrays.setdefault(name, OrderedDict())
+        key = (tuple(int(s) for s in shape), np.dtype(dtype).str)
+        a = lru.get(key)
         if a is None:
-            a = self.backend.dev.empty(key[1], dtype)
-            self.arrays[key] = a
-            if len(self.arrays) > SCRATCH_PER_OP:
-                self.arrays.popitem(last=False)
+            a = self.backend.dev.empty(key[0], dtype)
+            lru[key] = a
+            if len(lru) > SCRATCH_SHAPES:
+                lru.popitem(last=False)
         else:
-            self.arrays.move_to_end(key)
+            lru.move_to_end(key)
         self.backend.dev.keep(a)
         return a
-
-
-class _stream:
-    def __init__(self, dev):
-        self.s = dev.stream
-
-    def __enter__(self):
-        if self.s is not None:
-            self.s.__enter__()
-
-    def __exit__(self, *exc):
-        if self.s is not None:
-            return self.s.__exit__(*exc)
 
 
 # --- module helpers -------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class Device:
                 return x
             if self.capturing:
                 raise CaptureError("dtype conversion while capturing a CUDA graph")
-            with _maybe(self.stream):
+            with stream_context(self):
                 return x.astype(dtype)
         if self.capturing:
             raise CaptureError("host-to-device copy while capturing a CUDA graph")
@@ -151,10 +151,10 @@ class Device:
             if isinstance(x, np.ndarray):
                 if is_bfloat16(x.dtype):
                     x = x.view(np.uint16)
-                # The simulator copies arguments in and out and refuses strided ones: inputs that are views
-                # (the q/k/v slices of a fused projection) travel as copies; outputs are always contiguous.
-                if not (x.flags.c_contiguous or x.flags.f_contiguous):
-                    x = np.ascontiguousarray(x)
+                # The simulator copies arguments in and out and refuses strided or read-only ones: such inputs
+                # (the q/k/v slices of a fused projection, broadcasts) travel as copies; outputs are contiguous.
+                if not (x.flags.c_contiguous or x.flags.f_contiguous) or not x.flags.writeable:
+                    x = np.array(x, order="C")
             return x
         if isinstance(x, self.xp.ndarray):
             if is_bfloat16(x.dtype):
@@ -205,11 +205,11 @@ def _uint(itemsize):
     return {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
 
 
-class _maybe:
-    """`with stream:` when there is a stream (GPU), nothing in the simulator."""
+class stream_context:
+    """`with stream_context(device):` makes the device's stream CuPy's current one (nothing in the simulator)."""
 
-    def __init__(self, stream):
-        self.stream = stream
+    def __init__(self, device: Device):
+        self.stream = device.stream
 
     def __enter__(self):
         if self.stream is not None:
@@ -218,10 +218,6 @@ class _maybe:
     def __exit__(self, *exc):
         if self.stream is not None:
             return self.stream.__exit__(*exc)
-
-
-def stream_context(device: Device):
-    return _maybe(device.stream)
 
 
 @functools.lru_cache(maxsize=None)

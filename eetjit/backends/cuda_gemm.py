@@ -10,11 +10,12 @@ Simulator: np.matmul in float32; nothing fused (the epilogue kernel does bias an
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
-from eetjit.backends.cuda_device import Device, is_bfloat16
+from eetjit.backends.cuda_device import CaptureError, Device
 
 # (activation, has_bias) -> cuBLASLt epilogue name, for the pairs cuBLASLt computes exactly.
 FUSED_EPILOGUES = {("none", False): "DEFAULT", ("none", True): "BIAS", ("relu", False): "RELU",
@@ -44,6 +45,7 @@ class Gemm:
             self.fused_activation = (activation, has_bias) in FUSED_EPILOGUES or activation == "none"
         self.bias_N = bias_N if self.fused_bias else None
         self._plans: OrderedDict = OrderedDict()
+        self.inplace = True     # False once nvmath refused to write into y: results are copied (not capturable)
 
     def __call__(self, x_MK, y_MN) -> None:
         """y_MN[...] = x_MK @ W (with the fused epilogue). y_MN is C-contiguous; x_MK has unit column stride."""
@@ -56,6 +58,8 @@ class Gemm:
         key = (M, x_MK.data.ptr, x_MK.strides, y_MN.data.ptr)
         mm = self._plans.get(key)
         if mm is None:
+            if self.device.capturing:
+                raise CaptureError("a GEMM was planned while capturing a CUDA graph")
             mm = self._plan(x_MK, y_MN)
             self._plans[key] = mm
             if len(self._plans) > PLANS_PER_GEMM:
@@ -63,18 +67,28 @@ class Gemm:
         else:
             self._plans.move_to_end(key)
         self.device.keep(mm)                    # a captured graph holds its pointers and workspace
-        mm.execute(stream=self.device.stream)
+        if self.inplace:
+            mm.execute(stream=self.device.stream)
+            return
+        if self.device.capturing:
+            raise CaptureError("this GEMM allocates its result (nvmath refused the in-place form)")
+        result = mm.execute(stream=self.device.stream)       # (N, M) column-major = (M, N) row-major
+        self.device.copy(y_MN, result.T)
 
     def _plan(self, x_MK, y_MN):
         from nvmath.linalg.advanced import Matmul, MatmulEpilog
         stream = self.device.stream
-        mm = Matmul(self.W_KN.T, x_MK.T, c=y_MN.T, beta=0.0, options={"inplace": True}, stream=stream)
         epilog_inputs = {"bias": self.bias_N} if self.fused_bias else None
         epilog = None if self.epilogue in (None, "DEFAULT") else getattr(MatmulEpilog, self.epilogue)
+        if self.inplace:
+            try:
+                mm = Matmul(self.W_KN.T, x_MK.T, c=y_MN.T, beta=0.0, options={"inplace": True}, stream=stream)
+                mm.plan(epilog=epilog, epilog_inputs=epilog_inputs, stream=stream)
+                return mm
+            except Exception as e:  # an nvmath without (or refusing) the in-place form: copy the result
+                warnings.warn(f"eetjit: in-place cuBLASLt GEMM unavailable ({type(e).__name__}: {e}); results are "
+                              "copied and the decode step is not captured", RuntimeWarning, stacklevel=3)
+                self.inplace = False
+        mm = Matmul(self.W_KN.T, x_MK.T, stream=stream)
         mm.plan(epilog=epilog, epilog_inputs=epilog_inputs, stream=stream)
         return mm
-
-
-def gemm_dtype_ok(dtype) -> bool:
-    """cuBLASLt takes every storage dtype of the backend (bf16 through ml_dtypes' dtype in CuPy)."""
-    return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float16)) or is_bfloat16(dtype)

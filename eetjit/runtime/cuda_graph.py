@@ -9,8 +9,9 @@ ids <- token, positions += 1, step += 1). `DecodeStep` fixes everything it touch
 - every op output is allocated once, by an eager warm-up run (which also compiles the kernels and plans the
   cuBLASLt GEMMs), and handed back to the op as `out=` ever after; op scratch and GEMM plans made during the
   warm-up are kept with the step (Device.keep), so eviction elsewhere cannot free what the graph points to.
-The second run captures the same launches (CuPy stream capture: Numba kernels on the external stream, nvmath
-GEMMs on the same stream) and every later run is one graph launch. Plain ONNX ops left in the graph (shape
+The second run executes the step eagerly on those buffers and then captures the same launches (CuPy stream
+capture: Numba kernels on the external stream, nvmath GEMMs on the same stream); every later run is one graph
+launch. Plain ONNX ops left in the graph (shape
 plumbing of TorchScript exports) run on the host at capture time only: their results are fixed for a batch size.
 
 What stays eager: the prompt pass (its shapes change with every batch of prompts), sampling with temperature /
@@ -73,7 +74,8 @@ class DecodeStep:
         return self.env[self.plan.output_slots[0]]
 
     def run(self):
-        """One decode step. 1st call: eager warm-up; 2nd: capture (graphs enabled, GPU) + replay; then replay."""
+        """One decode step. 1st call: eager warm-up (allocates); later calls: eager on the fixed buffers, and the
+        2nd call also captures them (graphs enabled, GPU), after which every call is one graph replay."""
         self.runs += 1
         if self.graph is not None:
             self.dev.replay(self.graph)
@@ -81,18 +83,48 @@ class DecodeStep:
         if self.bufs is None:
             self._collecting(lambda: self._execute(None))
             return self.logits
+        # This step runs eagerly on the fixed buffers (which also brings back any op scratch evicted since the
+        # warm-up, e.g. by prompt passes of other shapes); then, once, the same launches are captured.
+        self._collecting(lambda: self._execute(self.bufs))
         if graphs_enabled() and not self.dev.simulated and self.capture_failed is None:
+            env = self.env
             try:
                 self.graph = self._collecting(lambda: self.dev.capture(lambda: self._execute(self.bufs)))
             except CaptureError as e:
                 self.capture_failed = str(e)
+                self.env = env
                 warnings.warn(f"eetjit: the decode step could not be captured as a CUDA graph ({e}); it runs "
                               "op by op", RuntimeWarning, stacklevel=2)
-            else:
-                self.dev.replay(self.graph)
-                return self.logits
-        self._execute(self.bufs)
         return self.logits
+
+    def profile(self, repeats: int = 20) -> list[tuple[str, str, float]]:
+        """(op type, node name, device ms) for every op of the step and the greedy tail, measured by capturing
+        each alone as a graph and replaying it `repeats` times between CUDA events (GPU only; after a run).
+        The step's inputs are restored afterwards (the ops and the tail write the same cache column again)."""
+        import cupy
+        if self.dev.simulated or self.bufs is None:
+            raise RuntimeError("profile() needs a GPU and a decode step that has run")
+        saved = [self.dev.to_host(a).copy() for a in (self.ids, self.positions, self.step)]
+        env, rows = self.env, []
+        items = [(op.node.op_type, op.node.name,
+                  lambda op=op, ins=ins, i=i: op([None if s is None else env[s] for s in ins], self.bufs[i]))
+                 for i, (op, (ins, _)) in enumerate(zip(self.plan.ops, self.plan.steps)) if not op.fallback]
+        items.append(("greedy", "argmax+advance", lambda: self.backend.greedy_tokens(
+            self.logits, self.tokens, self.ids, self.positions, self.step)))
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        for kind, name, fn in items:
+            self._collecting(fn)                  # eagerly first: scratch evicted since the warm-up comes back
+            graph = self._collecting(lambda fn=fn: self.dev.capture(fn))
+            self.dev.replay(graph)
+            start.record(self.dev.stream)
+            for _ in range(repeats):
+                self.dev.replay(graph)
+            end.record(self.dev.stream)
+            end.synchronize()
+            rows.append((kind, name, cupy.cuda.get_elapsed_time(start, end) / repeats))
+        for a, h in zip((self.ids, self.positions, self.step), saved):
+            self.dev.set(a, h)
+        return rows
 
     def _collecting(self, fn):
         previous, self.dev.collecting = self.dev.collecting, self.keep

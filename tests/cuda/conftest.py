@@ -46,13 +46,3 @@ def where(request):
     if (request.param == "sim") != SIMULATED:
         pytest.skip("simulator run" if request.param == "sim" else "needs a GPU (run with -m gpu there)")
     return request.param
-
-
-_backends = {}
-
-
-def get_backend(dtype="float32"):
-    from eetjit.backends.cuda import CudaBackend
-    if dtype not in _backends:
-        _backends[dtype] = CudaBackend(dtype=dtype, verbose=False)
-    return _backends[dtype]

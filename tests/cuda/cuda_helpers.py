@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, settings
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")   # set by conftest.py
 
 # The simulator is slow (a Python thread per GPU thread): few examples there, more on the GPU.
-SETTINGS = settings(max_examples=5 if SIMULATED else 20, deadline=None, derandomize=True,
+EXAMPLES = int(os.environ.get("EETJIT_TEST_EXAMPLES", 6 if SIMULATED else 12))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # Tolerances of a kernel against the float32 NumPy reference, per storage dtype (inputs are rounded to the dtype
@@ -74,3 +75,14 @@ def assert_close(got, want, dtype="float32", scale=1.0):
         assert g.shape == w.shape, (g.shape, w.shape)
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, w, **tol)
+
+
+_backends = {}
+
+
+def get_backend(dtype="float32"):
+    """One CudaBackend per dtype for the whole run (kernels compile once)."""
+    from eetjit.backends.cuda import CudaBackend
+    if dtype not in _backends:
+        _backends[dtype] = CudaBackend(dtype=dtype, verbose=False)
+    return _backends[dtype]

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import get_backend
+from cuda_helpers import get_backend
 from cuda_helpers import SETTINGS, assert_close, pick, reference, rounded, run_cuda, single_node, values
 
 from eetjit.errors import InputError

@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import get_backend
+from cuda_helpers import get_backend
 from cuda_helpers import SETTINGS, assert_close, pick, reference, rounded, run_cuda, single_node, values
 
 from eetjit.backends.cpu import ACTIVATIONS

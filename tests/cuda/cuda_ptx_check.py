@@ -1,0 +1,114 @@
+"""Compile the GPU variant of every CUDA template to PTX (sm_90) without a GPU: typing, lowering and NVVM run as
+they would on the device, so a kernel that cannot compile there fails here (the simulator runs plain Python and
+would not notice). Needs NVVM and NVRTC (pip: nvidia-nvvm, nvidia-cuda-nvrtc); exit code 77 when they are
+missing. Run as a script (it must import numba.cuda without the simulator):
+    python tests/cuda/cuda_ptx_check.py [--quick]
+"""
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the source tree
+
+CC = (9, 0)
+FP = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+
+
+def cases(quick=False):
+    """(dtype, op, consts, argument types) per kernel; quick: the first size of each kernel, half types only."""
+    seen = set()
+    for c in _cases():
+        if quick:
+            key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"))
+            if c[0] == "float32" or key in seen:
+                continue
+            seen.add(key)
+        yield c
+
+
+def _cases():
+    """Every case; `S` stands for the storage element type (bfloat16 arrives as its uint16 bits)."""
+    for dt in ("float32", "float16", "bfloat16"):
+        S = FP[dt]
+        a2, a3 = f"{S}[:, ::1]", f"{S}[:, :, ::1]"
+        for E, threads in ((768, 128), (4097, 256), (16384, 512)):
+            yield dt, "layer_norm", dict(hidden=E, threads=threads, epsilon=1e-5, has_beta=True), \
+                [a2, "float32[::1]", "float32[::1]", a2]
+            yield dt, "add_layer_norm", dict(hidden=E, threads=threads, epsilon=1e-5, has_beta=False), \
+                [a2, a2, "float32[::1]", "float32[::1]", a2, a2]
+            yield dt, "rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, "float32[::1]", a2]
+            yield dt, "add_rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, a2, "float32[::1]", a2, a2]
+        for act in ("none", "relu", "silu", "gelu_tanh", "gelu_erf"):
+            yield dt, "linear_epilogue", dict(width=3072, activation=act, has_bias=True), [a2, "float32[::1]"]
+        yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
+            [a2, "float32[::1]", "float32[::1]", a2]
+        yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,
+                                    has_beta=True, epsilon=1e-12), \
+            ["int64[:, ::1]", "int64[:, ::1]", a2, a2, "int64[:, ::1]", a2, "float32[::1]", "float32[::1]", a2]
+        for D in (64, 80, 128):
+            yield dt, "rotary", dict(heads=12, head_dim=D, scaling=1.0, threads=256), \
+                [f"{S}[:, :, :]", "int64[:, ::1]", "float32[::1]", a3]
+        yield dt, "kv_cache_write", dict(kv_heads=4, head_dim=96, threads=96), \
+            [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]"]
+        for D, lanes in ((32, 16), (64, 16), (80, 32), (96, 32), (128, 32), (256, 32)):
+            for split in (False, True):
+                common = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=lanes, groups=8, unroll=4,
+                              split=split)
+                parts = ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]"]
+                yield dt, "attention", dict(common, layout="cache"), \
+                    [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]", "int64",
+                     a3] + parts
+                yield dt, "attention", dict(common, layout="bshd", causal=True), \
+                    [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :]", "int64[:, ::1]", "int64", a3] + parts
+            yield dt, "attention_combine", dict(heads=12, head_dim=D, threads=max(32, D)), \
+                ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]", a3]
+        yield dt, "last_token", dict(threads=256), [f"{S}[:, :, :]", a3]
+        for advance in (False, True):
+            yield dt, "argmax", dict(advance=advance, threads=512), \
+                [a2, "int64[::1]", "int64[:, ::1]", "int64[:, ::1]", "int64[::1]"]
+
+
+def main(argv=None) -> int:
+    quick = "--quick" in (sys.argv[1:] if argv is None else argv)
+    try:
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        cuda.compile_ptx(lambda x: None, "void(int32)", cc=CC)
+    except Exception as e:  # no NVVM/NVRTC here
+        print(f"skip: cannot compile PTX here ({type(e).__name__}: {e})")
+        return 77
+    import numba.cuda.dispatcher as dispatcher
+
+    class _Device:                      # device functions ask the current device for its capability
+        compute_capability = CC
+    dispatcher.get_current_device = lambda: _Device()
+    from eetjit.codegen.key import SpecKey, canonical, library_versions
+    from eetjit.codegen.render import render, template_source
+    failures, count = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for dt, op, consts, args in cases(quick):
+            consts = dict(consts, sim=False)
+            key = SpecKey(op, "cuda", dt, tuple(sorted((k, canonical(v)) for k, v in consts.items())), None,
+                          str(hash(template_source(op, "cuda"))), library_versions("cuda"), CC)
+            path = Path(tmp) / f"{key.module_name}.py"
+            path.write_text(render(key))
+            spec = importlib.util.spec_from_file_location(key.module_name, path)
+            mod = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(mod)
+                cuda.compile_ptx(mod.kernel.py_func, f"void({', '.join(args)})", cc=CC)
+                count += 1
+            except Exception as e:
+                failures.append(f"{op} {dt} {consts}: {type(e).__name__}: {str(e)[:2000]}")
+    for f in failures:
+        print("FAILED", f)
+    print(f"{count} kernels compiled to PTX for sm_{CC[0]}{CC[1]}, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Attention over the padded batch (ranges, causal, grouped-query) and CachedAttention (prompt chunk and
+one-token decode over the [B, Hkv, T, D] cache), with and without the flash-decoding split, on the CUDA backend."""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cuda_helpers import get_backend
+from cuda_helpers import SETTINGS, SIMULATED, assert_close, pick, reference, rounded, run_cuda, single_node, values
+
+from eetjit.fused.op_cached_attention import cached_attention
+
+DTYPES = st.sampled_from(["float32", "float16", "bfloat16"])
+seeds = st.integers(0, 2**32 - 1)
+HEAD_DIMS = pick((3, 6, 8), (32, 64, 80, 96, 128, 256))
+heads = st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)] if SIMULATED else [(12, 12), (8, 2), (4, 4), (32, 8)])
+
+
+def _backend(dtype, split):
+    """split: "auto" (the launch table), "force" (every row shared by several blocks), "never"."""
+    b = get_backend(dtype)
+    b.attention_blocks_per_sm, b.attention_min_chunk = {
+        "auto": (8 if not SIMULATED else 4, 64 if not SIMULATED else 4),
+        "force": (10 ** 6, 2), "never": (1, 10 ** 9)}[split]
+    return b
+
+
+def _qkv_views(rng, B, S, H, Hkv, D):
+    """q, k, v as column slices of one [B, S, (H + 2 Hkv) D] array, as a fused projection hands them over."""
+    X, Y = H * D, Hkv * D
+    qkv = values(rng, (B, S, X + 2 * Y))
+    return qkv[..., :X], qkv[..., X:X + Y], qkv[..., X + Y:]
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(1, pick(4, 40)),
+       causal=st.booleans(), with_ranges=st.booleans(), split=st.sampled_from(["auto", "force", "never"]),
+       dtype=DTYPES, seed=seeds)
+def test_attention(where, hh, D, B, S, causal, with_ranges, split, dtype, seed):
+    H, Hkv = hh
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
+    ranges = None
+    if with_ranges:                             # left padding for causal (decoders), right padding otherwise
+        n = rng.integers(0, S + 1, B)
+        ranges = np.stack([S - n, np.full(B, S)], 1) if causal else np.stack([np.zeros(B, int), n], 1)
+        ranges = ranges.astype(np.int64)
+    attrs = {"num_heads": H, "kv_num_heads": Hkv, "head_dim": D, "scale": 1 / np.sqrt(D), "causal": int(causal)}
+    inputs = [q, k, v] + ([ranges] if with_ranges else [])
+    g, node = single_node("Attention", inputs, attrs)
+    want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + inputs[3:])
+    assert_close(run_cuda(_backend(dtype, split), g, node, inputs), want, dtype)
+
+
+def _cache(backend, host):
+    c = backend.empty(host.shape)
+    backend.dev.set(c, host)
+    return c
+
+
+def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed):
+    H, Hkv = hh
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
+    kc_host, vc_host = rounded(values(rng, (B, Hkv, T, D)), dtype), rounded(values(rng, (B, Hkv, T, D)), dtype)
+    start = rng.integers(0, t0 + 1, B).astype(np.int64)          # pad counts: columns before start are never read
+    step = np.array([t0], np.int64)
+    kc, vc = _cache(backend, kc_host), _cache(backend, vc_host)
+    attrs = {"num_heads": H, "kv_num_heads": Hkv, "head_dim": D, "scale": 1 / np.sqrt(D)}
+    inputs = [q, k, v, kc, vc, start, step]
+    g, node = single_node("CachedAttention", inputs, attrs)
+    got = run_cuda(backend, g, node, inputs)
+    want = cached_attention(*(rounded(a, dtype) for a in (q, k, v)), kc_host, vc_host, start, step, H, Hkv, D,
+                            1 / np.sqrt(D))
+    assert_close(got, [want], dtype)
+    assert_close([backend.to_host(kc), backend.to_host(vc)], [kc_host, vc_host], dtype)
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(2, pick(4, 40)),
+       split=st.sampled_from(["auto", "force", "never"]), dtype=DTYPES, seed=seeds)
+def test_cached_attention_prompt(where, hh, D, B, S, split, dtype, seed):
+    """The prompt pass: the chunk's K/V go to columns 0..S-1, row i attends start[b]..i."""
+    _check_cached(_backend(dtype, split), dtype, hh, D, B, S, 0, S + pick(2, 30), seed)
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, pick(2, 8)),
+       T=st.sampled_from(pick((5, 12), (64, 640, 4096, 16384))), frac=st.floats(0, 1),
+       split=st.sampled_from(["auto", "force", "never"]), dtype=DTYPES, seed=seeds)
+def test_cached_attention_decode(where, hh, D, B, T, frac, split, dtype, seed):
+    """One-token steps: the launch is sized by the cache capacity T, blocks past the current column idle."""
+    t0 = min(int(frac * T), T - 1)
+    _check_cached(_backend(dtype, split), dtype, hh, D, B, 1, t0, T, seed)
+
+
+def test_decode_reads_the_step_from_the_device(where):
+    """A captured step replays one launch: the column comes from device memory, so bumping it there moves it."""
+    backend = _backend("float32", "force")
+    rng = np.random.default_rng(7)
+    H, D, T, B = 2, 4, 9, 2
+    kc_host, vc_host = values(rng, (B, H, T, D)), values(rng, (B, H, T, D))
+    kc, vc = _cache(backend, kc_host), _cache(backend, vc_host)
+    start = backend.dev.upload(np.array([0, 2], np.int64))
+    step = backend.dev.upload(np.array([3], np.int64))
+    attrs = {"num_heads": H, "kv_num_heads": H, "head_dim": D, "scale": 0.5}
+    q, k, v = values(rng, (B, 1, H * D)), values(rng, (B, 1, H * D)), values(rng, (B, 1, H * D))
+    g, node = single_node("CachedAttention", [q, k, v, kc, vc, start, step], attrs)
+    op = backend.prepare(node, g)
+    for t in (3, 4, 5):
+        backend.dev.set(step, [t])
+        got = backend.to_host(op([q, k, v, kc, vc, start, step])[0])
+        want = cached_attention(q, k, v, kc_host, vc_host, np.array([0, 2]), np.array([t]), H, H, D, 0.5)
+        assert_close([got], [want])
