@@ -111,6 +111,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Runs benchmarks.run: the harness lives in the source tree (benchmarks/), not in the installed package."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        print("eetjit: error: `eetjit bench` needs the source tree (a checkout with benchmarks/): install it with "
+              "`pip install -e .`, or run `python -m benchmarks.run SUITE` in the repository root", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as bench_main
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eetjit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -145,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     gen.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: prompt + new tokens)")
     gen.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="benchmark suites forward | generate | all (source tree only)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="SUITE [options] (see `eetjit bench SUITE --help`)")
+    b.set_defaults(func=cmd_bench)
     p.set_defaults(default_model=default_model)
     return p
 

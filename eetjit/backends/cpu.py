@@ -35,25 +35,23 @@ ACTIVATIONS = ("none", "relu", "silu", "gelu_tanh", "gelu_erf")
 ATTENTION_ROWS_PER_BLOCK = ((64, "bucket"), (512, 32), (None, 16))
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 # Below this much work (elements touched, roughly) a kernel runs on the calling thread only. A parallel region
 # costs ~12 us on an idle machine (measured, 16 cores, OpenMP layer) and milliseconds when the cores are busy,
 # e.g. with OpenBLAS threads still spinning after a GEMM; 2^18 vectorized elements take ~80 us on one core.
-MIN_PARALLEL_WORK = 1 << 18
-
-
-def _passive_openmp_workers() -> None:
-    """Make the OpenMP runtime behind Numba's "omp" threading layer park its idle workers at once instead of
-    spinning (libgomp's default spins before sleeping). Between two Numba kernels the session runs a BLAS GEMM
-    on OpenBLAS's own threads; spinning OpenMP workers then take the cores from it (and from other processes),
-    measured 2.1-2.5x slower forward passes on a 2-core machine (benchmarks/NOTES.md). libgomp reads the
-    variable once, when Numba starts its pool, so this only acts before that and never overrides a value the
-    user set."""
-    from numba.np.ufunc import parallel
-    if not getattr(parallel, "_is_initialized", True):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-_passive_openmp_workers()
+# On a machine of few cores every kernel runs on the calling thread: GEMMs (most of the time) run on
+# OpenBLAS's threads between the kernels, and after a parallel region libgomp's workers spin (its default
+# wait policy, fixed when the process first loaded it, e.g. by importing torch) and take the cores from the
+# next GEMM. Measured on 2 cores, GPT-2 small forward b1/b4 s128: 494/1356 ms with parallel kernels,
+# 237/796 ms with serial ones (benchmarks/NOTES.md). Not measured yet above 2 cores: hence the bound of 4.
+SERIAL_KERNELS_UP_TO_CORES = 4
+MIN_PARALLEL_WORK = 1 << 18 if _cores() > SERIAL_KERNELS_UP_TO_CORES else 1 << 62
 
 
 def launch(kernel, work: int, *args):

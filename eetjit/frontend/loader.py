@@ -180,9 +180,51 @@ def _inline_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
         except Exception as e:  # the inliner is C++; it raises plain exceptions on bad functions
             raise ModelError(f"cannot inline the model's local functions: {e}") from None
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        _infer_shapes_without_weights(model)
     except Exception:
         # Shape inference is an aid (typed values, static folding), not a requirement: a graph it cannot
         # type still runs, with types discovered at run time.
         pass
     return model
+
+
+# Initializers bigger than this are handed to shape inference as dims + dtype only (no data).
+WEIGHT_STUB_BYTES = 1 << 12
+
+
+def _infer_shapes_without_weights(model: onnx.ModelProto) -> None:
+    """onnx shape inference, in place, on a copy of the model whose large float initializers carry no data.
+
+    `infer_shapes` serializes the whole model, parses it in C++, and serializes + parses the result back: for
+    GPT-2 small (650 MB of weights) that was 13-17 s of a 20 s warm `eetjit.compile` (benchmarks/NOTES.md).
+    Inference needs only the initializers' types and dims, and the values of small integer ones (shape
+    constants, for data propagation), so the weights are replaced by stubs; the inferred nodes, value_info
+    and outputs are copied back onto `model`, whose initializers stay untouched."""
+    g = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    itemsize = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+                onnx.TensorProto.DOUBLE: 8}
+    for t in g.initializer:
+        if t.data_type in itemsize and itemsize[t.data_type] * int(np.prod(t.dims)) > WEIGHT_STUB_BYTES:
+            stub = lg.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+        else:
+            lg.initializer.append(t)
+    inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    ig = inferred.graph
+    del g.node[:]
+    g.node.extend(ig.node)                 # subgraphs (If/Loop bodies) carry their own inferred value_info
+    del g.value_info[:]
+    g.value_info.extend(ig.value_info)
+    del g.output[:]
+    g.output.extend(ig.output)
