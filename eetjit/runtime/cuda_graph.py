@@ -31,7 +31,7 @@ import numpy as np
 from eetjit.backends.cuda_device import CaptureError
 from eetjit.plan.generation import POSITIONS, START, STEP
 from eetjit.runtime.generate import Generator
-from eetjit.runtime.sampling import check_sampling_args, select
+from eetjit.runtime.sampling import select
 
 GRAPHS_ENV = "EETJIT_CUDA_GRAPHS"    # "0": never capture (launch the decode step op by op)
 MAX_DECODE_STEPS = 4                 # batch sizes whose decode step (buffers + graph) a generator keeps
@@ -173,19 +173,9 @@ class CudaGenerator(Generator):
 
     def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                eos_token_id=None) -> Iterator[list]:
-        prompts = self._check(prompts, max_new_tokens, eos_token_id)
-        check_sampling_args(do_sample, temperature, top_k, top_p)
-        eos = set() if eos_token_id is None else set(
-            eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
-        rng = np.random.default_rng(seed)
+        prompts, eos, rng, B, P, pad, ids, positions = self._prepare(
+            prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id)
         backend, dev = self.backend, self.backend.dev
-        B = len(prompts)
-        P = max(len(p) for p in prompts)
-        pad = np.array([P - len(p) for p in prompts], np.int64)
-        ids = np.zeros((B, P), np.int64)
-        for b, p in enumerate(prompts):
-            ids[b, pad[b]:] = p
-        positions = np.maximum(np.arange(P)[None, :] - pad[:, None], 0).astype(np.int64)
         caches = {k: v[:B] for k, v in self.caches.items()}
         feeds = {self.gen.input_ids: ids, POSITIONS: positions, START: pad, STEP: np.array([0], np.int64), **caches}
         (logits,) = self.plan.run(feeds)                               # the prompt pass (eager)

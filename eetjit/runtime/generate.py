@@ -68,9 +68,8 @@ class Generator:
                 raise InputError(f"eos_token_id {eos_token_id!r} is not a token id in [0, {s.vocab})")
         return out
 
-    # --- the loop -----------------------------------------------------------------------------------------
-    def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
-               eos_token_id=None) -> Iterator[list]:
+    def _prepare(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id):
+        """Checked prompts, eos set, rng, and the pre-padded batch: B, P, pad[B], ids[B, P], positions[B, P]."""
         prompts = self._check(prompts, max_new_tokens, eos_token_id)
         check_sampling_args(do_sample, temperature, top_k, top_p)
         eos = set() if eos_token_id is None else set(
@@ -78,11 +77,18 @@ class Generator:
         rng = np.random.default_rng(seed)
         B = len(prompts)
         P = max(len(p) for p in prompts)
-        pad = np.array([P - len(p) for p in prompts], np.int64)
+        pad = np.array([P - len(p) for p in prompts], np.int64)        # the only padding state
         ids = np.zeros((B, P), np.int64)
         for b, p in enumerate(prompts):
             ids[b, pad[b]:] = p
         positions = np.maximum(np.arange(P)[None, :] - pad[:, None], 0).astype(np.int64)
+        return prompts, eos, rng, B, P, pad, ids, positions
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+               eos_token_id=None) -> Iterator[list]:
+        prompts, eos, rng, B, P, pad, ids, positions = self._prepare(
+            prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id)
         caches = {k: v[:B] for k, v in self.caches.items()}
         finished = np.zeros(B, bool)
         step = 0
