@@ -6,7 +6,6 @@ that stays inside the model's folder after symlinks are resolved, a regular file
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from eetjit.ir import Graph, Node, Value
+from eetjit.ir import Graph, Value
 
 
 @dataclass

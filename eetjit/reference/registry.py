@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 
 Kernel = Callable[[list, dict, int], list]
 OPS: dict[tuple[str, str], Kernel] = {}

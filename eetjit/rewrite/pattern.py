@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from eetjit.ir import Graph, Node, Value
+from eetjit.ir import Node, Value
 
 COMMUTATIVE = {"Add", "Mul", "And", "Or", "Equal", "Max", "Min", "Xor"}
 
