@@ -7,7 +7,8 @@ Why a separate script: the thread settings that matter are read once, when a nat
 Variants run interleaved, round after round, so that a change in the machine's load hits them alike; onnxruntime
 runs as a variant too, as the yardstick under the same conditions. Prints a table and writes
 benchmarks/out/ab_threads.json. The variants named `proto-*` apply a proposed runtime change in-process
-(monkeypatch, no file edited) — see benchmarks/NOTES.md.
+(monkeypatch, no file edited); `proto-serial-kernels` is what eetjit/backends/cpu.py now does on <= 4 cores, so
+on such a machine it equals `default` — see benchmarks/NOTES.md §1.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import time
 VARIANTS = {
     # name: (environment additions, in-process prototype)
     "default": ({}, None),
-    # libgomp's own default (spin, then sleep): what eetjit got before backends/cpu.py set OMP_WAIT_POLICY=PASSIVE
-    # itself; an empty value is ignored by libgomp (it warns) and stops eetjit's setdefault
+    # libgomp's own default wait policy (spin, then sleep), stated explicitly: an empty value is ignored by libgomp
+    # (it warns); with the 9affd39 runtime it also stopped eetjit's OMP_WAIT_POLICY setdefault (NOTES.md §1)
     "libgomp-default": ({"OMP_WAIT_POLICY": ""}, None),
     "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
     "blas-timeout": ({"OPENBLAS_THREAD_TIMEOUT": "4"}, None),
@@ -58,11 +59,11 @@ def child(variant: str, batch: int, reps: int, model: str) -> dict:
         sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         fn = lambda: sess.run(None, feeds)  # noqa: E731
     else:
-        if "workqueue" in flags:             # proposal B: a threading layer whose idle workers sleep
+        if "workqueue" in flags:             # alternative: a threading layer whose idle workers sleep
             import numba
             numba.config.THREADING_LAYER = "workqueue"
         import eetjit
-        if "serial_kernels" in flags:        # proposal A: Numba kernels on the calling thread only
+        if "serial_kernels" in flags:        # the change: Numba kernels on the calling thread only
             import eetjit.backends.cpu as cpu
             cpu.MIN_PARALLEL_WORK = 1 << 62
         sess = eetjit.compile(model, max_batch=batch, max_seq_len=1024, verbose=False)

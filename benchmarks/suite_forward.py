@@ -3,7 +3,6 @@ eetjit vs onnxruntime (same ONNX file) vs PyTorch eager through transformers (sa
 and warm compile time of GPT-2 small, each in a fresh process."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -67,8 +66,6 @@ def bench_family(family: str, args, rng) -> list[dict]:
     info = {"model": family, "path": str(path.relative_to(C.ROOT)), "eetjit_compile_in_process_s": eet_compile_s,
             "ort_session_s": ort_load if ort_sess is not None else None,
             "ort_skipped": None if ort_sess is not None else ort_load, "fusion": fusion}
-    del sess, ort_sess, model, torch_run
-    gc.collect()
     return cases, info
 
 

@@ -4,7 +4,6 @@ PyTorch (same weights, left padding + attention mask, its default KV cache). Als
 per-step decode time, measured separately (streaming)."""
 from __future__ import annotations
 
-import gc
 import time
 
 import numpy as np
@@ -106,8 +105,6 @@ def run(args) -> dict:
         cases.append({"model": "gpt2", "batch": batch, "prompt_lengths": [len(p) for p in prompts],
                       "new_tokens": NEW, "timings": timings, "eetjit_steps": steps, "check": check,
                       "loadavg_before": load0, "loadavg_after": C.loadavg(), "busy_processes": C.busy_processes()})
-    del sess, models
-    gc.collect()
     return {"suite": "generate", "prompt": PROMPT, "new_tokens": NEW, "goal": {"eetjit_over_hf_tokens_per_s": GOAL_VS_HF},
             "eetjit_compile_in_process_s": compile_s, "cases": cases}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from eetjit.errors import EetjitError, ExecutionError, InputError, ModelError
 from eetjit.frontend import load
+from eetjit import resources  # noqa: F401  (eetjit.resources.default_model etc.)
 from eetjit.ir import Graph, Node, Value
 from eetjit import rewrite as _rewrite
 from eetjit.rewrite import FusionReport, fuse
