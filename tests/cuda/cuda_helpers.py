@@ -8,6 +8,8 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, settings
 
+from codegen.helpers import reference, single_node  # noqa: F401  (one-node graphs, shared with tests/codegen)
+
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")   # set by conftest.py
 
 # The simulator is slow (a Python thread per GPU thread): few examples there, more on the GPU.
@@ -35,29 +37,6 @@ def rounded(x, dtype):
     """x rounded to the storage dtype and back to float32 (what the kernel sees)."""
     from eetjit.backends.cuda_device import storage_dtype
     return np.asarray(x, np.float32).astype(storage_dtype(dtype)).astype(np.float32)
-
-
-def single_node(op_type, inputs, attrs=None, const=(), outputs=1):
-    from eetjit.ir import Graph
-    g = Graph("one-node")
-    vals = []
-    for i, a in enumerate(inputs):
-        if a is None:
-            vals.append(None)
-        elif i in const:
-            vals.append(g.constant(a, f"w{i}"))
-        else:
-            v = g.value(f"x{i}", a.dtype, a.shape)
-            g.inputs.append(v)
-            vals.append(v)
-    node = g.add_node(op_type, vals, outputs, attrs or {}, domain="eet")
-    g.outputs = list(node.outputs)
-    return g, node
-
-
-def reference(graph, node, inputs):
-    from eetjit.reference.executor import run_node
-    return run_node(node, list(inputs), graph)
 
 
 def run_cuda(backend, graph, node, inputs, out=None):

@@ -19,7 +19,7 @@ import numpy as np
 
 from eetjit.ir import Graph, Node, Value
 from eetjit.rewrite.pattern import Match, scalar
-from eetjit.rewrite.rule import Rule, _take_name
+from eetjit.rewrite.rule import Rule, _take_name, outside_consumer
 from eetjit.rewrite.rules import _layout, _mask
 from eetjit.rewrite.rules._layout import float_cast, scalar_factor
 from eetjit.rewrite.rules._probe import LAYOUT_CONFIG, ProbeError, base_probe, data_input
@@ -340,22 +340,6 @@ def _plan(graph: Graph, site: Site) -> tuple[Plan, list[Node], Node] | str:
     return plan, covered, merged.producer
 
 
-def _outside_use(graph: Graph, covered: list[Node], merge_node: Node) -> str | None:
-    """The driver's outside-consumer check, but including the anchor (the Softmax) and excepting the node
-    whose output the fused op takes over."""
-    cov = {id(n) for n in covered}
-    for n in covered:
-        if n is merge_node:
-            continue
-        for o in n.outputs:
-            if graph.is_output(o):
-                return f"intermediate {o.name!r} ({n.op_type}) is a graph output"
-            for u in o.users:
-                if id(u) not in cov:
-                    return f"intermediate {o.name!r} ({n.op_type}) is also used by {u.name!r} ({u.op_type})"
-    return None
-
-
 def _matcher(find_site):
     def pattern(graph: Graph, node: Node):
         site = find_site(graph, node)
@@ -365,7 +349,8 @@ def _matcher(find_site):
         if isinstance(found, str):
             return found
         plan, covered, merge_node = found
-        why = _outside_use(graph, covered, merge_node)
+        # the anchor (Softmax) counts as covered; the node whose output the fused op takes over may be read
+        why = outside_consumer(graph, Match(covered=list(covered)), merge_node)
         if why:
             return why
         m = AttentionMatch()
