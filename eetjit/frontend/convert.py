@@ -85,7 +85,18 @@ def _constant_array(node: onnx.NodeProto, where: str) -> np.ndarray | None:
     return None
 
 
-def to_graph(model: onnx.ModelProto, source: str = "model") -> Graph:
+def _weight(t: onnx.TensorProto, weights: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """The array the loader cut out of the file for initializer `t` (see loader._split_raw_data), if any."""
+    if not weights or t.HasField("raw_data") or t.data_location != onnx.TensorProto.DEFAULT:
+        return None
+    arr = weights.get(t.name)
+    if arr is None or arr.shape != tuple(t.dims) or arr.dtype != np_dtype(t.data_type):
+        return None
+    return arr
+
+
+def to_graph(model: onnx.ModelProto, source: str = "model", weights: dict[str, np.ndarray] | None = None) -> Graph:
+    """The Graph of `model`; `weights`: initializer arrays the loader read without protobuf, by name."""
     g = model.graph
     opsets = {(imp.domain if imp.domain != "ai.onnx" else ""): int(imp.version) for imp in model.opset_import}
     graph = Graph(g.name or "graph", opsets)
@@ -106,7 +117,8 @@ def to_graph(model: onnx.ModelProto, source: str = "model") -> Graph:
     for t in g.initializer:
         if t.name in graph.values:
             raise ModelError(f"{source}: initializer {t.name!r} is defined twice")
-        graph.value(t.name, const=tensor_to_array(t, source))
+        arr = _weight(t, weights)
+        graph.value(t.name, const=tensor_to_array(t, source) if arr is None else arr)
         init_names.add(t.name)
     for vi in g.input:
         if vi.name in init_names:

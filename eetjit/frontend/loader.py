@@ -6,6 +6,9 @@ that stays inside the model's folder after symlinks are resolved, a regular file
 """
 from __future__ import annotations
 
+import ctypes
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +30,9 @@ def load(path, *, cleanup: bool = True):
     removal of Identity/Dropout/no-op Cast and dead nodes.
     """
     from eetjit.frontend.convert import to_graph
-    model = read_model_proto(path)
+    model, weights = _read_model(path, split_weights=True)
     model = _inline_and_infer(model)
-    graph = to_graph(model, source=str(path))
+    graph = to_graph(model, source=str(path), weights=weights)
     if cleanup:
         from eetjit.cleanup import cleanup as run_cleanup
         run_cleanup(graph)
@@ -37,6 +40,14 @@ def load(path, *, cleanup: bool = True):
 
 
 def read_model_proto(path) -> onnx.ModelProto:
+    """The whole ModelProto (weights in `raw_data`, external data loaded), checked."""
+    return _read_model(path, split_weights=False)[0]
+
+
+def _read_model(path, split_weights: bool) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """(model, weights). With `split_weights`, large embedded float initializers are not parsed by protobuf:
+    their `raw_data` is cut out of the bytes before parsing (`_split_raw_data`) and handed back as read-only
+    arrays over the file's bytes, by initializer name; the proto keeps their name, dtype and dims only."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
@@ -47,15 +58,162 @@ def read_model_proto(path) -> onnx.ModelProto:
         raise ModelError(f"{path}: empty file, not an ONNX model")
     if size > MAX_MODEL_BYTES:
         raise ModelError(f"{path}: {size} bytes is over protobuf's 2 GiB limit; keep weights as external data")
-    data = path.read_bytes()
+    buf = np.empty(size, np.uint8)   # numpy's allocation is aligned, so are the weights that are views of it
+    with open(path, "rb") as f:
+        n = f.readinto(memoryview(buf))
+    if n != size:
+        raise ModelError(f"{path}: read {n} of {size} bytes (the file changed while being read)")
+    data = memoryview(buf)
+    split = _split_raw_data(data) if split_weights and sys.byteorder == "little" else None
     model = onnx.ModelProto()
     try:
-        model.ParseFromString(data)
+        model.ParseFromString(data if split is None else split[0])
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelError(f"{path}: not an ONNX model or truncated protobuf ({e})") from None
+    weights = {} if split is None else _cut_weights(model, buf, split[1])
     _check_structure(model, path)
     _load_external_data(model, path.resolve().parent, path)
-    return model
+    return model, weights
+
+
+# --- weights without protobuf: raw_data cut out of the serialized model ------------------------------------------
+#
+# Parsing copies every `raw_data` into protobuf's arena and reading `TensorProto.raw_data` copies it again into
+# a Python bytes object (for GPT-2 small: 0.3 s + 0.34 s of a warm compile, benchmarks/NOTES.md). The wire
+# format is simple enough to find those fields first: ModelProto.graph (field 7) → GraphProto.initializer
+# (field 5) → TensorProto.raw_data (field 9). Anything unusual (a repeated graph or raw_data field, groups,
+# a malformed varint or length) gives up the split and the whole file is parsed as before, so protobuf
+# still judges every malformed file.
+
+_F_MODEL_GRAPH, _F_GRAPH_INITIALIZER, _F_TENSOR_RAW_DATA = 7, 5, 9
+_FLOAT_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+                   onnx.TensorProto.DOUBLE: 8}
+
+
+class _Unsplittable(Exception):
+    pass
+
+
+def _varint(b, p: int, end: int) -> tuple[int, int]:
+    r = shift = 0
+    while True:
+        if p >= end or shift > 63:
+            raise _Unsplittable
+        c = b[p]
+        p += 1
+        r |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return r, p
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        c = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(c | 0x80)
+        else:
+            out.append(c)
+            return bytes(out)
+
+
+def _fields(b, p: int, end: int):
+    """(field, wire type, start, end, payload start, payload length) of each field in b[p:end]."""
+    while p < end:
+        start = p
+        tag, p = _varint(b, p, end)
+        field, wt = tag >> 3, tag & 7
+        q = n = None
+        if wt == 0:
+            _, p = _varint(b, p, end)
+        elif wt == 1:
+            p += 8
+        elif wt == 5:
+            p += 4
+        elif wt == 2:
+            n, q = _varint(b, p, end)
+            p = q + n
+        else:
+            raise _Unsplittable   # groups (3, 4) or invalid
+        if p > end or field == 0:
+            raise _Unsplittable
+        yield field, wt, start, p, q, n
+
+
+def _split_raw_data(b: memoryview):
+    """(the model's bytes without the large raw_data of graph initializers, [(initializer index, offset,
+    length)]), or None when nothing is cut or the bytes are not plain enough to cut safely."""
+    try:
+        graphs = [(s, e, q, n) for f, wt, s, e, q, n in _fields(b, 0, len(b)) if f == _F_MODEL_GRAPH]
+        if len(graphs) != 1 or graphs[0][2] is None:
+            return None
+        gs, ge, gq, gn = graphs[0]
+        pieces, cut, k, last = [], [], 0, gq
+        for f, wt, s, e, q, n in _fields(b, gq, gq + gn):
+            if f != _F_GRAPH_INITIALIZER:
+                continue
+            if wt != 2:
+                return None
+            raws = [(s3, e3, q3, n3) for f3, wt3, s3, e3, q3, n3 in _fields(b, q, q + n) if f3 == _F_TENSOR_RAW_DATA]
+            if len(raws) == 1 and raws[0][2] is not None and raws[0][3] > WEIGHT_STUB_BYTES:
+                s3, e3, q3, n3 = raws[0]
+                body = bytes(b[q:s3]) + bytes(b[e3:q + n])
+                pieces += [b[last:s], _encode_varint((_F_GRAPH_INITIALIZER << 3) | 2), _encode_varint(len(body)), body]
+                last = e
+                cut.append((k, q3, n3))
+            elif len(raws) > 1:
+                return None
+            k += 1
+        if not cut:
+            return None
+        pieces.append(b[last:gq + gn])
+        graph = b"".join(pieces)
+        model = b"".join([b[:gs], _encode_varint((_F_MODEL_GRAPH << 3) | 2), _encode_varint(len(graph)), graph,
+                          b[ge:]])
+        return model, (cut, k)
+    except _Unsplittable:
+        return None
+
+
+def _cut_weights(model: onnx.ModelProto, buf: np.ndarray, cut) -> dict[str, np.ndarray]:
+    """The arrays of the cut-out raw_data, by initializer name: read-only views of `buf` (the file's bytes).
+
+    A raw_data that starts misaligned for its dtype is first moved down by up to itemsize - 1 bytes, over its own
+    field's tag and length (already parsed; `buf` is ours), when that stays past the previous cut-out region;
+    otherwise it is copied. A tensor whose array would not be exactly what `numpy_helper.to_array` makes (not a
+    float type, external or segmented, size not matching its dims, a repeated name) gets its raw_data back
+    instead, so that the usual conversion and its errors apply."""
+    cut, count = cut
+    inits = model.graph.initializer
+    if len(inits) != count:           # cannot happen with one graph field; be sure anyway
+        raise ModelError("initializers changed between the split and the parse")
+    weights: dict[str, np.ndarray] = {}
+    base = buf.ctypes.data
+    prev_end = 0
+    for k, off, n in cut:
+        t = inits[k]
+        itemsize = _FLOAT_ITEMSIZE.get(t.data_type)
+        expected = None
+        if itemsize is not None and all(d >= 0 for d in t.dims):
+            expected = itemsize * math.prod(t.dims)
+        if (expected != n or t.HasField("raw_data") or t.HasField("segment") or t.name in weights
+                or t.data_location != onnx.TensorProto.DEFAULT):
+            t.raw_data = buf[off:off + n].tobytes()
+            prev_end = off + n
+            continue
+        shift = (base + off) % itemsize
+        if shift and off - shift >= prev_end:
+            ctypes.memmove(base + off - shift, base + off, n)
+            off -= shift
+            shift = 0
+        arr = buf[off:off + n] if not shift else buf[off:off + n].copy()
+        prev_end = off + n
+        arr = arr.view(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))).reshape(tuple(t.dims))
+        arr.flags.writeable = False
+        weights[t.name] = arr
+    return weights
 
 
 def _check_structure(model: onnx.ModelProto, path: Path) -> None:
@@ -180,10 +338,14 @@ def _inline_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"cannot inline the model's local functions: {e}") from None
     try:
         _infer_shapes_without_weights(model)
-    except Exception:
+    except Exception as e:
         # Shape inference is an aid (typed values, static folding), not a requirement: a graph it cannot
-        # type still runs, with types discovered at run time.
-        pass
+        # type still runs, with types discovered at run time. But many fusions need ranks and static dims
+        # (a TorchScript Split's axis=2, Linear's reshape targets), so say so instead of fusing less silently.
+        import warnings
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        warnings.warn(f"onnx shape inference failed ({type(e).__name__}: {why}); the graph stays untyped and "
+                      "fewer ops will fuse", RuntimeWarning, stacklevel=3)
     return model
 
 
