@@ -22,6 +22,7 @@ captured step keeps alive).
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from typing import Iterable
 
@@ -30,7 +31,7 @@ import numpy as np
 from eetjit import codegen
 from eetjit.backends.cpu import ACTIVATIONS, PreparedOp, _batch_rows, _check_range, _heads, _indices
 from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, storage_dtype, stream_context
-from eetjit.backends.cuda_gemm import Gemm
+from eetjit.backends.cuda_gemm import BatchedGemm, Gemm
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node
 
@@ -49,6 +50,28 @@ ATTENTION_UNROLL = {"gpu": 4, "sim": 2}                  # adjacent columns per 
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
 ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
+# many queries per (b, h) (a prompt, an encoder batch): the tiled kernel (attention_tiled.py.j2) from this many rows
+# on; lanes per warp, warps per block, query rows per warp, and key columns per shared-memory tile by head dim
+ATTENTION_TILE_MIN_ROWS = {"gpu": 16, "sim": 3}
+ATTENTION_TILE = {"gpu": dict(lanes=32, warps=4, rows=4), "sim": dict(lanes=4, warps=2, rows=2)}
+ATTENTION_TILE_COLS_GPU = ((128, 32), (None, 8))
+ATTENTION_TILE_COLS_SIM = 2
+ATTENTION_TILE_SMEM = 46 * 1024     # static shared memory a tiled block may use (the limit is 48 KiB)
+# From this many query rows on, when the key columns are known on the host (a prompt pass, an encoder batch),
+# attention runs as two batched tensor-core GEMMs around a softmax kernel (CudaBackend._gemm_attention), as long as
+# its scores (float32) and probabilities fit ATTENTION_GEMM_MAX_BYTES; past that the tiled kernel streams them.
+ATTENTION_GEMM_MIN_ROWS = {"gpu": 16, "sim": 3}
+ATTENTION_GEMM_ENV = "EETJIT_ATTENTION_GEMM_MIN_ROWS"      # override (a huge number: never), for A/B measurements
+ATTENTION_GEMM_MAX_BYTES = 128 << 20
+# GEMMs of at most this many rows (decode steps of small batches) run on the GEMV kernel (gemv.py.j2) rather than
+# cuBLASLt, whose launch and tail cost several microseconds over the time to read the weight at M = 1. Its tile:
+# lanes x cpl adjacent columns, warps x rows_per_warp rows of K per block. Widths past GEMV_MAX_N (an LM head)
+# stay with cuBLASLt.
+GEMV_MAX_M = {"gpu": 0, "sim": 0}     # off: on the H100 it lost to cuBLASLt (benchmarks/gpu/NOTES.md); tests force it
+GEMV_MAX_N = 16384
+GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
+FUSED_WRITE_ENV = "EETJIT_FUSED_KV_WRITE"  # "0": a one-token step writes its K/V column with kv_cache_write first
+GEMV = {"gpu": dict(lanes=32, cpl=2, warps=8, rows_per_warp=8), "sim": dict(lanes=2, cpl=2, warps=2, rows_per_warp=2)}
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -79,6 +102,16 @@ class CudaBackend:
         self.mode = "sim" if self.dev.simulated else "gpu"
         self.attention_min_chunk = ATTENTION_MIN_CHUNK[self.mode]
         self.attention_blocks_per_sm = ATTENTION_BLOCKS_PER_SM[self.mode]
+        self.attention_tile_min_rows = ATTENTION_TILE_MIN_ROWS[self.mode]
+        self.attention_gemm_min_rows = int(os.environ.get(ATTENTION_GEMM_ENV, ATTENTION_GEMM_MIN_ROWS[self.mode]))
+        self.attention_gemm_max_bytes = ATTENTION_GEMM_MAX_BYTES
+        self.attention_gemm_chunk = None          # sequences per batch chunk (None: as many as the budget allows)
+        self._batched = BatchedGemm(self.dev)
+        self._attn_scratch = _Scratch(self)      # shared by every attention op: they run one after another
+        self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block
+        self._index_memo = None                  # (host index array, its device copy): see _token_index
+        self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
+        self.attention_fused_write = os.environ.get(FUSED_WRITE_ENV, "1").strip() not in ("0", "false", "no", "off")
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
@@ -238,7 +271,8 @@ class CudaBackend:
                 epilogue = (self.kernel("linear_epilogue", width=N, activation=epi_act, has_bias=epi_bias),
                             upload(bias, np.float32, "flat", lambda v: v.reshape(-1)) if epi_bias
                             else self._dummy1())
-            entry = (gemm, N, Np, epilogue)
+            gemv_bias = upload(bias, np.float32, "flat", lambda v: v.reshape(-1)) if has_bias else self._dummy1()
+            entry = (gemm, N, Np, epilogue, gemv_bias)
             if const_w:
                 gemms["g"] = entry
             return entry
@@ -247,7 +281,7 @@ class CudaBackend:
             gemm_for([])
 
         def run(inputs, out):
-            gemm, N, Np, epilogue = gemm_for(inputs)
+            gemm, N, Np, epilogue, gemv_bias = gemm_for(inputs)
             x = self._act(inputs[0])
             if x.shape[-1] != gemm.K:
                 raise InputError(f"node {node.name!r}: Linear input has {x.shape[-1]} features, the weight "
@@ -257,10 +291,16 @@ class CudaBackend:
             x_MK = self._contiguous(x).reshape(M, gemm.K)
             if split:
                 base = _split_base(out, M, N, split)
-                if base is None:
-                    base = self.empty((M, N))
-                gemm(x_MK, base)
-                self._epilogue(epilogue, base)
+                if base is None and out is not None:
+                    # separate output buffers (a planned run): one [M, N] block shared by every split Linear, so
+                    # its GEMM plan stays valid from run to run (a fresh block per run would be re-planned and
+                    # kept alive by its plan), then copied out
+                    base = self._shared_scratch.get("split", (M, N), self.dtype)
+                elif base is None:
+                    base = self.empty((M, N))          # first run: the outputs are views of a new block
+                if not self._gemv(scratch, gemm.W_KN, gemv_bias, has_bias, act, x_MK, base):
+                    gemm(x_MK, base)
+                    self._epilogue(epilogue, base)
                 views, o = [], 0
                 for n in split:
                     views.append(base[:, o:o + n].reshape(lead + (n,)))
@@ -274,6 +314,8 @@ class CudaBackend:
                 return views
             y = self._output(out, 0, lead + (N,))
             y_MN = y.reshape(M, N)
+            if self._gemv(scratch, gemm.W_KN, gemv_bias, has_bias, act, x_MK, y_MN):
+                return [y]
             if Np != N:
                 y_pad = scratch.get("pad", (M, Np), self.dtype)
                 gemm(x_MK, y_pad)
@@ -283,6 +325,25 @@ class CudaBackend:
             self._epilogue(epilogue, y_MN)
             return [y]
         return run
+
+    def _gemv(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN) -> bool:
+        """y = act(x @ W[:, :N] + bias) by the GEMV kernel (gemv.py.j2) when x has few rows (a decode step):
+        one launch, bias and activation applied in it. False (nothing done) when cuBLASLt should do it."""
+        M, K = x_MK.shape
+        N = y_MN.shape[1]
+        if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
+            return False
+        t = GEMV[self.mode]
+        tn, kc = t["lanes"] * t["cpl"], t["warps"] * t["rows_per_warp"]
+        tiles, ksplit = -(-N // tn), -(-K // kc)
+        kern = self.kernel("gemv", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, **t)
+        if ksplit > 1:
+            part = scratch.get("gemv_part", (ksplit, M, tiles * tn), np.float32)
+            count = scratch.get("gemv_count", (tiles,), np.int32, zeros=True)    # reset by each tile's last block
+        else:
+            part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
+        self.dev.launch(kern, (tiles, ksplit), t["lanes"] * t["warps"], x_MK, W_KN, bias_N, y_MN, part, count)
+        return True
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:
@@ -405,6 +466,51 @@ class CudaBackend:
             return [y]
         return run
 
+    # --- packed encoder execution (eetjit.plan.packing): gather the real tokens' rows, scatter them back ---------
+    def _prepare_Pack(self, node):
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            B, S = x.shape[:2]
+            F = math.prod(x.shape[2:])
+            index = self._token_index(inputs[1], B * S, node)
+            y = self._output(out, 0, (1, index.shape[0]) + tuple(x.shape[2:]))
+            with stream_context(self.dev):
+                self.dev.xp.take(self._contiguous(x).reshape(B * S, F), index, axis=0,
+                                 out=y.reshape(index.shape[0], F))
+            return [y]
+        return run
+
+    def _prepare_Unpack(self, node):
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            like = inputs[2]
+            B, S = like.shape[:2]
+            F = math.prod(x.shape[2:])
+            index = self._token_index(inputs[1], B * S, node)
+            if x.shape[:2] != (1, index.shape[0]):
+                raise InputError(f"node {node.name!r}: packed input must be [1, {index.shape[0]}, ...], got "
+                                 f"{list(x.shape)}")
+            y = self._output(out, 0, (B, S) + tuple(x.shape[2:]))
+            self.dev.fill_zero(y)
+            with stream_context(self.dev):
+                y.reshape(B * S, F)[index] = self._contiguous(x).reshape(index.shape[0], F)
+            return [y]
+        return run
+
+    def _token_index(self, index, rows, node):
+        """The packed tokens' row indices on the device, uploaded once per host array (every Pack/Unpack of a run
+        gets the same one), checked against the rows of the padded batch."""
+        if self.dev.on_device(index) and not self.dev.simulated:
+            return index
+        hit = self._index_memo
+        if hit is not None and hit[0] is index:
+            return hit[1]
+        host = np.asarray(index).reshape(-1)
+        _check_range(_indices(host, "index", node), rows, "index", "the padded batch's rows", node)
+        dev = self.dev.upload(host, np.int64)
+        self._index_memo = (index, dev)
+        return dev
+
     def _prepare_PadInfo(self, node):
         from eetjit.fused.op_attention import pad_info
 
@@ -426,29 +532,108 @@ class CudaBackend:
         chunk = -(-max_cols // splits)
         return -(-max_cols // chunk), chunk
 
-    def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split):
+    def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False):
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
         groups = ATTENTION_GROUPS[self.mode]
         consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, lanes=lanes, groups=groups,
                       unroll=ATTENTION_UNROLL[self.mode], split=split)
         if layout == "bshd":
             consts["causal"] = causal
+        else:
+            consts["fused_write"] = fused_write
         return self.kernel("attention", **consts), lanes * groups
 
+    def _tiled_attention(self, H, Hkv, D, scale, layout, causal):
+        """(kernel, threads, query rows per block) of the tiled attention, or None when its tiles would not fit
+        in shared memory (head dims past 256)."""
+        tile = dict(ATTENTION_TILE[self.mode])
+        kt = ATTENTION_TILE_COLS_SIM if self.dev.simulated else _table(ATTENTION_TILE_COLS_GPU, D)
+        qt = tile["warps"] * tile["rows"]
+        smem = 4 * (qt * D + kt * (2 * D + 1) + tile["warps"] * kt)
+        if smem > ATTENTION_TILE_SMEM:
+            return None
+        consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, kt=kt, **tile)
+        if layout == "bshd":
+            consts["causal"] = causal
+        return self.kernel("attention_tiled", **consts), tile["lanes"] * tile["warps"], qt
+
+    def _gemm_attention(self, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, T, y) -> bool:
+        """Attention of many queries as two batched GEMMs on the tensor cores (scores = Q K^T, out = P V) around a
+        masked softmax kernel: the queries of the heads sharing a kv head stacked into one [rep*S, D] matrix per
+        (b, kv head). K/V come from the cache ([B, Hkv, T, D], columns 0..T-1 used) or are gathered from
+        [B, T, Hkv*D]. The batch goes in chunks whose scores (float32) and probabilities fit
+        attention_gemm_max_bytes (one scratch set, shared by every attention op); False (nothing done) when not
+        even one sequence fits."""
+        rep = H // Hkv
+        R = rep * S
+        per_seq = Hkv * R * T * (4 + self.dtype.itemsize)
+        Bc = min(B, self.attention_gemm_chunk or self.attention_gemm_max_bytes // max(per_seq, 1))
+        if per_seq > self.attention_gemm_max_bytes:
+            Bc = 0
+        if Bc < 1 or T == 0:
+            return False
+        sc, Gc = self._attn_scratch, Bc * Hkv
+        qg_all = sc.get("q", (Gc, R, D), self.dtype)
+        og_all = sc.get("out", (Gc, R, D), self.dtype)
+        scores_all = sc.get("scores", (Gc, R, T), np.float32)
+        probs_all = sc.get("probs", (Gc, R, T), self.dtype)
+        kv_all = [sc.get(n, (Gc, T, D), self.dtype) for n in ("k", "v")] if layout == "bshd" else None
+        th = 8 if self.dev.simulated else min(128, max(32, D))
+        to_batch = self.kernel("heads_batch", heads=H, kv_heads=Hkv, head_dim=D, scale=float(scale), to_batch=True,
+                               threads=th)
+        kv_to_batch = self.kernel("heads_batch", heads=Hkv, kv_heads=Hkv, head_dim=D, scale=1.0, to_batch=True,
+                                  threads=th)
+        back = self.kernel("heads_batch", heads=H, kv_heads=Hkv, head_dim=D, scale=1.0, to_batch=False, threads=th)
+        threads = self.row_threads(T)
+        consts = dict(heads=H, kv_heads=Hkv, layout=layout, threads=threads)
+        if layout == "bshd":
+            consts["causal"] = causal
+        softmax = self.kernel("attention_softmax", **consts)
+        for b0 in range(0, B, Bc):
+            b1 = min(B, b0 + Bc)
+            n, G = b1 - b0, (b1 - b0) * Hkv
+            qg, og, scores, probs = qg_all[:G], og_all[:G], scores_all[:G], probs_all[:G]
+            self.dev.launch(to_batch, (S, n * H), th, q[b0:b1], qg)
+            if layout == "cache":
+                kg, vg = (c[b0:b1, :, :T, :].reshape(G, T, D) for c in kv_args)
+                bounds = (bounds_args[0][b0:b1], bounds_args[1])
+            else:
+                kg, vg = kv_all[0][:G], kv_all[1][:G]
+                for src, dst in zip(kv_args, (kg, vg)):
+                    self.dev.launch(kv_to_batch, (T, n * Hkv), th, src[b0:b1], dst)
+                bounds = (bounds_args[0][b0:b1],)
+            self._batched(qg, kg, scores, transpose_b=True)
+            self.dev.launch(softmax, G * R, threads, scores.reshape(G * R, T), *bounds, S, probs.reshape(G * R, T))
+            self._batched(probs, vg, og)
+            self.dev.launch(back, (S, n * H), th, y[b0:b1], og)
+        return True
+
     def _run_attention(self, scratch, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, max_cols,
-                       y):
+                       y, new_kv=None, gemm_cols=None):
+        """One attention launch (or the batched-GEMM attention). new_kv = (k, v) of a one-token step whose cache
+        write the kernel does itself; gemm_cols = the key columns when known on the host (the GEMM path's T)."""
+        if (S >= self.attention_gemm_min_rows and new_kv is None and gemm_cols is not None
+                and self._gemm_attention(q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, gemm_cols,
+                                         y)):
+            return
+        if S >= self.attention_tile_min_rows and new_kv is None:
+            tiled = self._tiled_attention(H, Hkv, D, scale, layout, causal)
+            if tiled is not None:
+                kern, threads, qt = tiled
+                self.dev.launch(kern, (-(-S // qt), B * H), threads, q, *kv_args, *bounds_args, y)
+                return
         splits, chunk = self.attention_launch(S * B * H, max_cols)
-        kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1)
+        kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1, new_kv is not None)
         if splits > 1:
             part_ml = scratch.get("ml", (B, H, S, splits, 2), np.float32)
             part_acc = scratch.get("acc", (B, H, S, splits, D), np.float32)
+            count = scratch.get("count", (B * H * S,), np.int32, zeros=True)     # reset by each row's last block
         else:
             part_ml = part_acc = self._dummy_f32_5()
-        self.dev.launch(kern, (splits, S, B * H), threads, q, *kv_args, *bounds_args, chunk, y, part_ml, part_acc)
-        if splits > 1:
-            comb_threads = min(ELEMENTWISE_THREADS[self.mode], max(32, D)) if not self.dev.simulated else 8
-            comb = self.kernel("attention_combine", heads=H, head_dim=D, threads=comb_threads)
-            self.dev.launch(comb, (S, B * H), comb_threads, part_ml, part_acc, y)
+            count = self._dummy("c1", (1,), np.int32)
+        extra = list(new_kv) if new_kv is not None else ([self._dummy3(), self._dummy3()] if layout == "cache" else [])
+        self.dev.launch(kern, (splits, S, B * H), threads, q, *kv_args, *bounds_args, chunk, y, part_ml, part_acc,
+                        count, *extra)
 
     def _prepare_Attention(self, node):
         H, Hkv, D, scale = _heads(node.attrs)
@@ -466,7 +651,8 @@ class CudaBackend:
             if ranges is None or self.dev.host_readable(ranges):
                 ranges = self.dev.upload(_host_ranges(ranges, B, T, node), np.int64)
             y = self._output(out, 0, (B, S, H * D))
-            self._run_attention(scratch, q, (k, v), (ranges,), B, S, H, Hkv, D, scale, "bshd", causal, T, y)
+            self._run_attention(scratch, q, (k, v), (ranges,), B, S, H, Hkv, D, scale, "bshd", causal, T, y,
+                                gemm_cols=T)
             return [y]
         return run
 
@@ -492,16 +678,20 @@ class CudaBackend:
                 if t0 < 0 or t0 + S > T:
                     raise InputError(f"node {node.name!r}: columns {t0}..{t0 + S - 1} do not fit the KV cache of "
                                      f"{T} columns (max_seq_len)")
-                step = self.dev.upload(np.array([t0], np.int64))
+                step = scratch.get("step", (1,), np.int64)      # set on the stream: no wait for queued work
+                self.dev.fill(step, t0)
             if self.dev.host_readable(start):
                 start = self.dev.upload(np.clip(np.asarray(start, np.int64).reshape(B), 0, T), np.int64)
-            self.dev.launch(kv_write, (S, B * Hkv), kv_threads, k, v, k_cache, v_cache, step)
+            # a one-token step: the attention kernel writes the new column itself (one launch less per layer)
+            new_kv = (k, v) if S == 1 and self.attention_fused_write else None
+            if new_kv is None:
+                self.dev.launch(kv_write, (S, B * Hkv), kv_threads, k, v, k_cache, v_cache, step)
             # A one-token step is sized by the cache capacity, so one launch configuration (one captured graph)
             # serves every step; blocks past the current column find no work.
             max_cols = T if (S == 1 or t0 is None) else t0 + S
             y = self._output(out, 0, (B, S, H * D))
             self._run_attention(scratch, q, (k_cache, v_cache), (start, step), B, S, H, Hkv, D, scale, "cache",
-                                True, max_cols, y)
+                                True, max_cols, y, new_kv, gemm_cols=None if t0 is None else t0 + S)
             return [y]
         return run
 
@@ -637,6 +827,9 @@ class CudaBackend:
     def _dummy2(self):
         return self._dummy("s2", (1, 1), self.dtype)
 
+    def _dummy3(self):
+        return self._dummy("s3", (1, 1, 1), self.dtype)
+
     def _dummy_idx(self):
         return self._dummy("i2", (1, 1), np.int64)
 
@@ -653,12 +846,13 @@ class _Scratch:
         self.backend = backend
         self.arrays: dict[str, OrderedDict] = {}
 
-    def get(self, name, shape, dtype):
+    def get(self, name, shape, dtype, zeros=False):
+        """The op's scratch `name` of this shape (zero-filled when first made, with zeros=True)."""
         lru = self.arrays.setdefault(name, OrderedDict())
         key = (tuple(int(s) for s in shape), np.dtype(dtype).str)
         a = lru.get(key)
         if a is None:
-            a = self.backend.dev.empty(key[0], dtype)
+            a = (self.backend.dev.zeros if zeros else self.backend.dev.empty)(key[0], dtype)
             lru[key] = a
             if len(lru) > SCRATCH_SHAPES:
                 lru.popitem(last=False)

@@ -54,6 +54,9 @@ class Device:
         self.simulated = bool(config.ENABLE_CUDASIM)
         self.capturing = False
         self.collecting: list | None = None   # see keep()
+        # True while an ExecutionPlan traces a new input signature: every op output is a temporary that dies after
+        # its last reader, so GEMM plans made for those buffers must not be kept (they would hold them alive)
+        self.transient = False
         if self.simulated:
             self.xp = np
             self.stream = None
@@ -118,6 +121,15 @@ class Device:
             out = self.xp.empty(host.shape, host.dtype)
             out.set(np.ascontiguousarray(host), stream=self.stream)
             return out
+
+    def fill(self, dst, value) -> None:
+        """dst[...] = value, queued on the stream (a scalar launch argument: unlike a copy from pageable host
+        memory, it does not wait for the work already queued)."""
+        if self.simulated:
+            dst[...] = value
+        else:
+            with self.stream:
+                dst.fill(value)
 
     def set(self, dst, host) -> None:
         """Copy host values into the device array `dst` (same shape)."""

@@ -5,7 +5,9 @@ product is computed transposed: y^T (N, M) = W^T (N, K) @ x^T (K, M), all three 
 row-major arrays (no copies), written in place into `y` (nvmath's `inplace` C operand). Epilogues that compute
 the node's function exactly are fused: BIAS, RELU(_BIAS), GELU(_BIAS) (cuBLASLt's GELU is the tanh form);
 SiLU and erf-GELU are left to the backend's epilogue kernel. A Matmul is planned once per (M, pointers) and
-kept (an LRU per node): the decode step reuses the same buffers, so it never re-plans.
+kept (an LRU per node): the decode step reuses the same buffers, so it never re-plans. A plan holds its operands,
+so none is kept while the device is `transient` (an ExecutionPlan's first run of a signature, whose buffers are
+temporaries: kept plans would keep every activation of that run alive).
 Simulator: np.matmul in float32; nothing fused (the epilogue kernel does bias and activation, so CI tests it).
 """
 from __future__ import annotations
@@ -61,9 +63,10 @@ class Gemm:
             if self.device.capturing:
                 raise CaptureError("a GEMM was planned while capturing a CUDA graph")
             mm = self._plan(x_MK, y_MN)
-            self._plans[key] = mm
-            if len(self._plans) > PLANS_PER_GEMM:
-                self._plans.popitem(last=False)
+            if not self.device.transient:       # a plan holds its operands: keep none made for temporaries
+                self._plans[key] = mm
+                if len(self._plans) > PLANS_PER_GEMM:
+                    self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(key)
         self.device.keep(mm)                    # a captured graph holds its pointers and workspace
@@ -92,3 +95,55 @@ class Gemm:
         mm = Matmul(self.W_KN.T, x_MK.T, stream=stream)
         mm.plan(epilog=epilog, epilog_inputs=epilog_inputs, stream=stream)
         return mm
+
+
+# cudaDataType / cublasComputeType_t values (cuBLAS API constants)
+_CUDA_TYPE = {"float32": 0, "float16": 2, "bfloat16": 14}
+_COMPUTE_32F = 68
+_GEMM_DEFAULT = -1
+
+
+class BatchedGemm:
+    """Strided batched GEMMs of attention (cublasGemmStridedBatchedEx through nvmath's cuBLAS bindings):
+    C[i] = A[i] @ B[i] for row-major 3-D arrays whose batch is one uniform stride, float32 accumulation, with the
+    output in float32 or the storage type. Used by the prompt pass's attention (scores = Q K^T, out = P V); the
+    simulator computes the same with NumPy."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self._handle = None
+        self._one = np.array(1.0, np.float32)
+        self._zero = np.array(0.0, np.float32)
+
+    def __call__(self, A, B, C, transpose_b=False) -> None:
+        """C[i] (M, N) = A[i] (M, K) @ (B[i]^T if transpose_b else B[i]); each a 3-D array with unit stride on its
+        last axis (B[i] is (N, K) when transposed)."""
+        if self.device.simulated:
+            Bm = np.asarray(B, np.float32)
+            C[...] = (np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)).astype(C.dtype)
+            return
+        from nvmath.bindings import cublas
+        if self._handle is None:
+            self._handle = cublas.create()
+        cublas.set_stream(self._handle, self.device.stream.ptr)
+        batch, M, K = A.shape
+        N = C.shape[2]
+        item = lambda x: x.dtype.itemsize        # noqa: E731
+        ld = lambda x: x.strides[1] // item(x)  # noqa: E731
+        bs = lambda x: x.strides[0] // item(x) if x.shape[0] > 1 else 0   # noqa: E731
+        for x in (A, B, C):
+            if x.strides[2] != item(x):
+                raise ValueError("batched GEMM operands need a unit stride on their last axis")
+        # Row-major C = A @ op(B) is column-major C^T = op(B)^T @ A^T: cuBLAS's "A" is our B, its "B" is our A.
+        cublas.gemm_strided_batched_ex(
+            self._handle, 1 if transpose_b else 0, 0, N, M, K, self._one.ctypes.data,
+            B.data.ptr, _CUDA_TYPE[_name(B)], ld(B), bs(B),
+            A.data.ptr, _CUDA_TYPE[_name(A)], ld(A), bs(A), self._zero.ctypes.data,
+            C.data.ptr, _CUDA_TYPE[_name(C)], ld(C), bs(C), batch, _COMPUTE_32F, _GEMM_DEFAULT)
+
+
+def _name(x) -> str:
+    from eetjit.backends.cuda_device import is_bfloat16
+    if is_bfloat16(x.dtype):
+        return "bfloat16"
+    return np.dtype(x.dtype).name

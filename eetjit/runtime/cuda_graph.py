@@ -15,9 +15,10 @@ launch. Plain ONNX ops left in the graph (shape
 plumbing of TorchScript exports) run on the host at capture time only: their results are fixed for a batch size.
 
 What stays eager: the prompt pass (its shapes change with every batch of prompts), sampling with temperature /
-top-k / top-p (host side, from the logits; the sampled ids are copied into the ids buffer before the next
-replay), and everything when EETJIT_CUDA_GRAPHS=0 (debug: the same fixed buffers, launched one by one) or under
-the CUDA simulator, which cannot capture. A step whose capture fails (an op that needs the host) stays eager.
+top-k / top-p (on the device, eetjit.backends.cuda_sampling, after the step: it overwrites the tokens and the ids
+buffer; only B uniform numbers go up and B tokens come back), and everything when EETJIT_CUDA_GRAPHS=0 (debug:
+the same fixed buffers, launched one by one) or under the CUDA simulator, which cannot capture. A step whose
+capture fails (an op that needs the host) stays eager.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ from typing import Iterator
 import numpy as np
 
 from eetjit.backends.cuda_device import CaptureError
+from eetjit.backends.cuda_sampling import sample_tokens
 from eetjit.plan.generation import POSITIONS, START, STEP
 from eetjit.runtime.generate import Generator
-from eetjit.runtime.sampling import select
 
 GRAPHS_ENV = "EETJIT_CUDA_GRAPHS"    # "0": never capture (launch the decode step op by op)
 MAX_DECODE_STEPS = 4                 # batch sizes whose decode step (buffers + graph) a generator keeps
@@ -153,7 +154,7 @@ class DecodeStep:
 
 class CudaGenerator(Generator):
     """Generator for device="cuda": the prompt pass runs eagerly through the plan, the decode steps through a
-    DecodeStep per batch size (captured as a CUDA graph), greedy tokens are picked on the device."""
+    DecodeStep per batch size (captured as a CUDA graph), tokens are picked on the device (greedy or sampled)."""
 
     def __init__(self, session):
         super().__init__(session)
@@ -177,7 +178,10 @@ class CudaGenerator(Generator):
             prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id)
         backend, dev = self.backend, self.backend.dev
         caches = {k: v[:B] for k, v in self.caches.items()}
-        feeds = {self.gen.input_ids: ids, POSITIONS: positions, START: pad, STEP: np.array([0], np.int64), **caches}
+        # pad counts go up once (each layer would otherwise copy them from pageable memory, waiting every time for
+        # the work queued before); the step stays on the host (the prompt attention sizes its GEMMs from it)
+        feeds = {self.gen.input_ids: ids, POSITIONS: positions, START: dev.upload(pad, np.int64),
+                 STEP: np.array([0], np.int64), **caches}
         (logits,) = self.plan.run(feeds)                               # the prompt pass (eager)
         step = self.decode_step(B)
         dev.set(step.start, pad)
@@ -186,12 +190,15 @@ class CudaGenerator(Generator):
         backend.greedy_tokens(logits, step.tokens, step.ids, step.positions, step.step)
         finished = np.zeros(B, bool)
         produced = 0
+        uniforms = backend.zeros((B,), np.float32) if do_sample else None
         while True:
             if do_sample:
-                tokens = select(backend.to_host(logits).reshape(B, -1), True, temperature, top_k, top_p, rng)
-                dev.set(step.ids, tokens[:, None])
-            else:
-                tokens = backend.to_host(step.tokens)
+                # On the device: one uniform number per row from the seeded stream (the same draws as the host's
+                # `select`), the token into step.tokens and the next step's ids; the greedy tail of the step has
+                # already advanced positions and step.
+                dev.set(uniforms, rng.random(B))
+                sample_tokens(backend, logits, step.tokens, uniforms, temperature, top_k, top_p, ids_B1=step.ids)
+            tokens = backend.to_host(step.tokens)
             yield [None if finished[b] else int(tokens[b]) for b in range(B)]
             for b in range(B):
                 if not finished[b] and int(tokens[b]) in eos:

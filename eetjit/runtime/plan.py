@@ -41,6 +41,8 @@ class ExecutionPlan:
                 if s is not None:
                     last_use[s] = i
         self.last_use = last_use
+        self._kernel_slots = {s for op, (_, outs) in zip(self.ops, self.steps) if not op.fallback for s in outs}
+        self._alias: dict[int, int] = {}
         self._arenas: OrderedDict = OrderedDict()
         self.allocations = 0     # buffers the memory plans created (tests read it)
 
@@ -54,7 +56,14 @@ class ExecutionPlan:
         sig = tuple((name, feeds[name].shape, feeds[name].dtype.str) for name, _ in self.input_slots)
         arena = self._arenas.get(sig)
         if arena is None:
-            shapes = self._execute(env, None)
+            dev = getattr(self.backend, "dev", None)       # the CUDA backend's device: see Device.transient
+            if dev is not None:
+                dev.transient = True
+            try:
+                shapes = self._execute(env, None)
+            finally:
+                if dev is not None:
+                    dev.transient = False
             self._arenas[sig] = self._plan_memory(shapes)
             if len(self._arenas) > self.MAX_SIGNATURES:
                 self._arenas.popitem(last=False)
@@ -71,7 +80,13 @@ class ExecutionPlan:
         return out
 
     def _execute(self, env: list, arena):
+        """Run every step. Values are dropped after their last reader, so the first run of a signature (which
+        allocates every kernel output afresh) holds only the live set, not the whole graph's activations; it
+        also records each output's (shape, dtype) and which fallback outputs are views of kernel buffers."""
         trace = [] if arena is None else None
+        if trace is not None:
+            self._alias = {}
+        keep = set(self.output_slots)
         for i, (op, (ins, outs)) in enumerate(zip(self.ops, self.steps)):
             args = [None if s is None else env[s] for s in ins]
             bufs = None if arena is None else arena[i]
@@ -88,43 +103,46 @@ class ExecutionPlan:
                 env[s] = r
             if trace is not None:
                 trace.append([(r.shape, r.dtype) if _is_array(r) else None for r in results])
-                for s in ins:  # drop what no later step reads
-                    if s is not None and self.last_use.get(s) == i and s not in self.output_slots:
-                        pass  # kept in env for alias detection below; freed with env
-        if trace is not None:
-            self._alias = self._find_aliases(env)
+                if op.fallback:
+                    self._note_aliases(env, ins, outs)
+            for s in ins:  # drop what no later step reads
+                if s is not None and self.last_use.get(s) == i and s not in keep:
+                    env[s] = None
         return trace
 
-    def _find_aliases(self, env) -> dict[int, int]:
-        """slot of a fallback op's output that is a view of a kernel output → that kernel output's slot."""
-        alias: dict[int, int] = {}
-        kernel_slots = [s for op, (_, outs) in zip(self.ops, self.steps) if not op.fallback for s in outs]
-        for op, (ins, outs) in zip(self.ops, self.steps):
-            if not op.fallback:
+    def _note_aliases(self, env, ins, outs) -> None:
+        """A fallback op's output that is a view of one of its inputs which lives in a kernel buffer (directly
+        or through earlier views) is recorded as an alias of that buffer's slot: the view keeps it alive."""
+        alias = self._alias
+        for s in outs:
+            r = env[s]
+            if not _is_array(r) or getattr(r, "base", None) is None:
                 continue
-            for s in outs:
-                r = env[s]
-                if not _is_array(r) or getattr(r, "base", None) is None:
+            for k in ins:
+                if k is None or not _is_array(env[k]):
                     continue
-                for k in kernel_slots:
-                    b = env[k]
-                    if _is_array(b) and _shares_memory(r, b):
-                        alias[s] = alias.get(k, k)
-        return alias
+                base = alias.get(k, k)
+                if (k in alias or k in self._kernel_slots) and _shares_memory(r, env[k]):
+                    alias[s] = base
+                    break
 
     def _plan_memory(self, trace) -> list:
-        """Per step, the out= buffers of a kernel op (None for fallback ops), reusing dead buffers."""
-        alias = getattr(self, "_alias", {})
+        """Per step, the out= buffers of a kernel op (None for fallback ops). Buffers are flat blocks of one dtype,
+        handed out best-fit by size and viewed as the value's shape, and a block returns to the free list after
+        the last reader of its value: the plan holds about the peak live bytes per dtype, whatever the shapes."""
+        alias = self._alias
         end = dict(self.last_use)
         for view, base in alias.items():  # a view keeps its base alive
             end[base] = max(end.get(base, -1), end.get(view, -1))
         outputs = set(self.output_slots)
-        free: dict[tuple, list] = {}
+        free: dict[str, list] = {}        # dtype -> flat blocks, kept sorted by size
         releases: dict[int, list] = {}
         plan = []
         for i, (op, (_, outs)) in enumerate(zip(self.ops, self.steps)):
-            for key, buf in releases.pop(i, []):
-                free.setdefault(key, []).append(buf)
+            for key, block in releases.pop(i, []):
+                pool = free.setdefault(key, [])
+                pool.append(block)
+                pool.sort(key=lambda b: b.shape[0])
             if op.fallback or any(t is None for t in trace[i]):
                 plan.append(None)
                 continue
@@ -133,14 +151,17 @@ class ExecutionPlan:
                 if s in outputs:
                     bufs.append(None)  # handed to the caller: a fresh array every run
                     continue
-                key = (shape, np.dtype(dtype).str)
-                pool = free.get(key)
-                buf = pool.pop() if pool else None
-                if buf is None:
-                    buf = self.backend.empty(shape, dtype)
+                key = np.dtype(dtype).str
+                n = int(np.prod(shape, dtype=np.int64))
+                pool = free.setdefault(key, [])
+                fit = next((j for j, b in enumerate(pool) if b.shape[0] >= n), None)
+                if fit is None:
+                    block = self.backend.empty((max(n, 1),), dtype)
                     self.allocations += 1
-                bufs.append(buf)
-                releases.setdefault(end.get(s, i) + 1, []).append((key, buf))
+                else:
+                    block = pool.pop(fit)
+                bufs.append(block[:n].reshape(shape))
+                releases.setdefault(end.get(s, i) + 1, []).append((key, block))
             plan.append(bufs)
         return plan
 

@@ -22,7 +22,9 @@ def cases(quick=False):
     seen = set()
     for c in _cases():
         if quick:
-            key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"))
+            key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
+                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("has_ids"), c[2].get("advance"),
+                   c[2].get("to_batch"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -43,6 +45,11 @@ def _cases():
             yield dt, "add_rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, a2, "float32[::1]", a2, a2]
         for act in ("none", "relu", "silu", "gelu_tanh", "gelu_erf"):
             yield dt, "linear_epilogue", dict(width=3072, activation=act, has_bias=True), [a2, "float32[::1]"]
+        gemv = dict(lanes=32, cpl=2, warps=8, rows_per_warp=8)
+        for M, K, N, ksplit, act in ((1, 768, 2304, 12, "none"), (1, 768, 3072, 12, "gelu_tanh"),
+                                     (8, 3072, 768, 48, "silu"), (4, 64, 97, 1, "none")):
+            yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True), \
+                [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]
         yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,
@@ -57,14 +64,32 @@ def _cases():
             for split in (False, True):
                 common = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=lanes, groups=8, unroll=4,
                               split=split)
-                parts = ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]"]
-                yield dt, "attention", dict(common, layout="cache"), \
-                    [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]", "int64",
-                     a3] + parts
+                parts = ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]", "int32[::1]"]
+                for fused_write in (False, True):
+                    yield dt, "attention", dict(common, layout="cache", fused_write=fused_write), \
+                        [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
+                         "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
                 yield dt, "attention", dict(common, layout="bshd", causal=True), \
                     [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :]", "int64[:, ::1]", "int64", a3] + parts
-            yield dt, "attention_combine", dict(heads=12, head_dim=D, threads=max(32, D)), \
-                ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]", a3]
+            tiled = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=32, warps=4, rows=4,
+                         kt=32 if D <= 128 else 8)
+            yield dt, "attention_tiled", dict(tiled, layout="cache"), \
+                [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]", a3]
+            for causal in (False, True):
+                yield dt, "attention_tiled", dict(tiled, layout="bshd", causal=causal), \
+                    [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :]", "int64[:, ::1]", a3]
+        for has_ids, advance in ((False, False), (True, False), (True, True)):
+            yield dt, "sample", dict(threads=512, has_ids=has_ids, advance=advance), \
+                [a2, "float32[::1]", "float32", "int64", "float32", "int64[::1]", "int64[:, ::1]", "int64[:, ::1]",
+                 "int64[::1]"]
+        for to_batch in (True, False):
+            yield dt, "heads_batch", dict(heads=12, kv_heads=4, head_dim=64, scale=0.125, to_batch=to_batch,
+                                          threads=64), [f"{S}[:, :, :]" if to_batch else a3, a3]
+        yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="cache", threads=256), \
+            ["float32[:, ::1]", "int64[::1]", "int64[::1]", "int64", a2]
+        for causal in (False, True):
+            yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="bshd", causal=causal, threads=256), \
+                ["float32[:, ::1]", "int64[:, ::1]", "int64", a2]
         yield dt, "last_token", dict(threads=256), [f"{S}[:, :, :]", a3]
         for advance in (False, True):
             yield dt, "argmax", dict(advance=advance, threads=512), \

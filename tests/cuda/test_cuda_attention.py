@@ -15,12 +15,20 @@ HEAD_DIMS = pick((3, 6, 8), (32, 64, 80, 96, 128, 256))
 heads = st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)] if SIMULATED else [(12, 12), (8, 2), (4, 4), (32, 8)])
 
 
-def _backend(dtype, split):
-    """split: "auto" (the launch table), "force" (every row shared by several blocks), "never"."""
+def _backend(dtype, split, kernel="auto"):
+    """split: "auto" (the launch table), "force" (every row shared by several blocks), "never".
+    kernel: "auto" (the launch table), "tiled" (the tiled kernel for any number of query rows), "gemm" (the
+    batched-GEMM attention for any number of rows, in batch chunks of one sequence), "rows" (neither)."""
+    from eetjit.backends.cuda import ATTENTION_GEMM_MAX_BYTES, ATTENTION_GEMM_MIN_ROWS, ATTENTION_TILE_MIN_ROWS
     b = get_backend(dtype)
     b.attention_blocks_per_sm, b.attention_min_chunk = {
         "auto": (8 if not SIMULATED else 4, 64 if not SIMULATED else 4),
         "force": (10 ** 6, 2), "never": (1, 10 ** 9)}[split]
+    never = 10 ** 9
+    b.attention_tile_min_rows = {"auto": ATTENTION_TILE_MIN_ROWS[b.mode], "tiled": 1}.get(kernel, never)
+    b.attention_gemm_min_rows = {"auto": ATTENTION_GEMM_MIN_ROWS[b.mode], "gemm": 1}.get(kernel, never)
+    b.attention_gemm_max_bytes = ATTENTION_GEMM_MAX_BYTES
+    b.attention_gemm_chunk = 1 if kernel == "gemm" else None     # chunks of one sequence
     return b
 
 
@@ -34,8 +42,8 @@ def _qkv_views(rng, B, S, H, Hkv, D):
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(1, pick(4, 40)),
        causal=st.booleans(), with_ranges=st.booleans(), split=st.sampled_from(["auto", "force", "never"]),
-       dtype=DTYPES, seed=seeds)
-def test_attention(where, hh, D, B, S, causal, with_ranges, split, dtype, seed):
+       kernel=st.sampled_from(["auto", "tiled", "gemm", "rows"]), dtype=DTYPES, seed=seeds)
+def test_attention(where, hh, D, B, S, causal, with_ranges, split, kernel, dtype, seed):
     H, Hkv = hh
     rng = np.random.default_rng(seed)
     q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
@@ -48,7 +56,7 @@ def test_attention(where, hh, D, B, S, causal, with_ranges, split, dtype, seed):
     inputs = [q, k, v] + ([ranges] if with_ranges else [])
     g, node = single_node("Attention", inputs, attrs)
     want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + inputs[3:])
-    assert_close(run_cuda(_backend(dtype, split), g, node, inputs), want, dtype)
+    assert_close(run_cuda(_backend(dtype, split, kernel), g, node, inputs), want, dtype)
 
 
 def _cache(backend, host):
@@ -77,20 +85,27 @@ def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed):
 
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(2, pick(4, 40)),
-       split=st.sampled_from(["auto", "force", "never"]), dtype=DTYPES, seed=seeds)
-def test_cached_attention_prompt(where, hh, D, B, S, split, dtype, seed):
+       split=st.sampled_from(["auto", "force", "never"]), kernel=st.sampled_from(["auto", "tiled", "gemm", "rows"]),
+       dtype=DTYPES, seed=seeds)
+def test_cached_attention_prompt(where, hh, D, B, S, split, kernel, dtype, seed):
     """The prompt pass: the chunk's K/V go to columns 0..S-1, row i attends start[b]..i."""
-    _check_cached(_backend(dtype, split), dtype, hh, D, B, S, 0, S + pick(2, 30), seed)
+    _check_cached(_backend(dtype, split, kernel), dtype, hh, D, B, S, 0, S + pick(2, 30), seed)
 
 
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, pick(2, 8)),
        T=st.sampled_from(pick((5, 12), (64, 640, 4096, 16384))), frac=st.floats(0, 1),
-       split=st.sampled_from(["auto", "force", "never"]), dtype=DTYPES, seed=seeds)
-def test_cached_attention_decode(where, hh, D, B, T, frac, split, dtype, seed):
-    """One-token steps: the launch is sized by the cache capacity T, blocks past the current column idle."""
+       split=st.sampled_from(["auto", "force", "never"]), fused_write=st.booleans(), dtype=DTYPES, seed=seeds)
+def test_cached_attention_decode(where, hh, D, B, T, frac, split, fused_write, dtype, seed):
+    """One-token steps: the launch is sized by the cache capacity T, blocks past the current column idle; the
+    new column is written by the attention kernel itself (fused_write) or by kv_cache_write before it."""
     t0 = min(int(frac * T), T - 1)
-    _check_cached(_backend(dtype, split), dtype, hh, D, B, 1, t0, T, seed)
+    backend = _backend(dtype, split, "auto")
+    backend.attention_fused_write = fused_write
+    try:
+        _check_cached(backend, dtype, hh, D, B, 1, t0, T, seed)
+    finally:
+        backend.attention_fused_write = True
 
 
 def test_decode_reads_the_step_from_the_device(where):
@@ -111,3 +126,27 @@ def test_decode_reads_the_step_from_the_device(where):
         got = backend.to_host(op([q, k, v, kc, vc, start, step])[0])
         want = cached_attention(q, k, v, kc_host, vc_host, np.array([0, 2]), np.array([t]), H, H, D, 0.5)
         assert_close([got], [want])
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 3), S=st.integers(pick(5, 17), pick(10, 300)),
+       layout=st.sampled_from(["bshd", "cache"]), causal=st.booleans(), kernel=st.sampled_from(["tiled", "gemm"]),
+       dtype=DTYPES, seed=seeds)
+def test_prompt_attention_many_rows(where, hh, D, B, S, layout, causal, kernel, dtype, seed):
+    """The kernels of prompts and encoder batches: the tiled one (several query tiles per (b, h), several key tiles
+    per row, rows of one tile ending at different causal columns) and the batched-GEMM one (here in batch chunks
+    of one sequence); left-padded rows, and rows with no column at all."""
+    backend = _backend(dtype, "auto", kernel)
+    H, Hkv = hh
+    rng = np.random.default_rng(seed)
+    if layout == "cache":
+        _check_cached(backend, dtype, hh, D, B, S, 0, S + 3, seed)
+        return
+    q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
+    n = rng.integers(0, S + 1, B)
+    n[0] = S                                    # one sequence without padding, the others anything (0: empty)
+    ranges = (np.stack([S - n, np.full(B, S)], 1) if causal else np.stack([np.zeros(B, int), n], 1)).astype(np.int64)
+    attrs = {"num_heads": H, "kv_num_heads": Hkv, "head_dim": D, "scale": 1 / np.sqrt(D), "causal": int(causal)}
+    g, node = single_node("Attention", [q, k, v, ranges], attrs)
+    want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + [ranges])
+    assert_close(run_cuda(backend, g, node, [q, k, v, ranges]), want, dtype)

@@ -1,5 +1,6 @@
 """Linear (GEMM + bias/activation epilogue, split outputs, padded widths) and SwiGLU on the CUDA backend."""
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,9 +22,13 @@ def _scale(dtype, K):
 
 
 @SETTINGS
-@given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(3, 40)),
-       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), dtype=DTYPES, seed=seeds)
-def test_linear(where, K, N, M, act, has_bias, dtype, seed):
+@given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(6, 40)),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv"]),
+       dtype=DTYPES, seed=seeds)
+def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
+    """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
+    simulator's matmul), "gemv" (the GEMV kernel for any number of rows, K split over several blocks)."""
+    backend = _path(get_backend(dtype), path)
     rng = np.random.default_rng(seed)
     x = values(rng, (M, K)) / np.sqrt(K)
     W = values(rng, (K, N))
@@ -31,7 +36,13 @@ def test_linear(where, K, N, M, act, has_bias, dtype, seed):
     inputs = [x[None], W, bias]
     g, node = single_node("Linear", inputs, {"activation": act}, const={1, 2})
     want = reference(g, node, [rounded(x, dtype)[None], rounded(W, dtype), bias])
-    assert_close(run_cuda(get_backend(dtype), g, node, inputs), want, dtype, _scale(dtype, K))
+    assert_close(run_cuda(backend, g, node, inputs), want, dtype, _scale(dtype, K))
+
+
+def _path(backend, path):
+    from eetjit.backends.cuda import GEMV_MAX_M
+    backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv": 10 ** 6}[path]
+    return backend
 
 
 @SETTINGS
@@ -39,7 +50,7 @@ def test_linear(where, K, N, M, act, has_bias, dtype, seed):
        S=st.integers(1, pick(3, 20)), has_bias=st.booleans(), given_out=st.booleans(), seed=seeds)
 def test_linear_split(where, parts, S, has_bias, given_out, seed):
     """The fused q/k/v projection: one GEMM, outputs are column slices (views, or copied into given buffers)."""
-    backend = get_backend()
+    backend = _path(get_backend(), "auto")
     rng = np.random.default_rng(seed)
     K, N = 8, sum(parts)
     inputs = [values(rng, (2, S, K)), values(rng, (K, N)), values(rng, (N,)) if has_bias else None]
@@ -79,3 +90,21 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
     g, node = single_node("SwiGLU", inputs, {}, const={1, 2, 3, 4})
     want = reference(g, node, [rounded(x, dtype), rounded(Wg, dtype), rounded(Wu, dtype), bg, bu])
     assert_close(run_cuda(get_backend(dtype), g, node, inputs), want, dtype, _scale(dtype, K))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
+                                     (pick(4, 8), pick(17, 1000), pick(9, 97))])
+def test_gemv_many_chunks(where, M, K, N, dtype):
+    """The GEMV kernel with K split over several blocks (the last block of a tile adds the chunks) and partial
+    column tiles; run twice, so the per-tile counters are seen reset by the first launch."""
+    backend = _path(get_backend(dtype), "gemv")
+    rng = np.random.default_rng(M * 1000 + K)
+    W, bias = values(rng, (K, N)), values(rng, (N,))
+    g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "gelu_tanh"}, const={1, 2})
+    op = backend.prepare(node, g)
+    for _ in range(2):
+        x = values(rng, (1, M, K)) / np.sqrt(K)
+        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
+        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    _path(backend, "auto")
