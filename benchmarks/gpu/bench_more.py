@@ -83,18 +83,7 @@ def sec_decode(args, size: str) -> dict:
     config = transformers.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
                                      bos_token_id=50256, eos_token_id=50256)
     config._attn_implementation = "eager"
-    try:        # skip HF's own init (init_weights overwrites every parameter): minutes less for the XL size
-        from transformers.modeling_utils import no_init_weights
-    except ImportError:
-        try:
-            from transformers.initialization import no_init_weights
-        except ImportError:
-            from contextlib import nullcontext as no_init_weights
-    with torch.random.fork_rng(devices=[]), no_init_weights():
-        torch.manual_seed(0)
-        model = transformers.GPT2LMHeadModel(config)
-    ex.init_weights(model, 11, hidden)
-    model.to(torch.float32).eval()
+    model = _gpt2_model(config, seed=11)      # HF's own init skipped: minutes less for the XL size
     res["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     res["build_s"] = time.perf_counter() - t
     _log(f"[{size}] built {res['params_M']:.0f} M params in {res['build_s']:.1f} s")
