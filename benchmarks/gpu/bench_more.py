@@ -241,15 +241,8 @@ def sec_prompt(args) -> dict:
             hf(input_ids=ids, attention_mask=mask, use_cache=False)
         torch.cuda.synchronize()
     for name, fn in (("hf_generate1", hf_gen), ("hf_forward", hf_fwd)):
-        for _ in range(3):
-            fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        res[f"{name}_ms"] = 1e3 * statistics.median(ts)
-        _log(f"[prompt] {name}: {', '.join(f'{1e3 * t:.2f}' for t in ts)} ms")
+        res[f"{name}_ms"], ts = _times_ms(fn, 3, reps)
+        _log(f"[prompt] {name}: {', '.join(f'{t:.2f}' for t in ts)} ms")
     for k in ("eetjit", "hf_generate1", "hf_forward"):
         res[f"{k}_ktok_s"] = B * L / res[f"{k}_ms"]       # tokens per ms = thousands per s
     return res

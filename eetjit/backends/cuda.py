@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Iterable
 
 import numpy as np
@@ -133,6 +134,16 @@ class CudaBackend:
 
     def synchronize(self):
         self.dev.synchronize()
+
+    @contextmanager
+    def transient(self):
+        """Within: the buffers handed to the ops are temporaries (an ExecutionPlan's first run of a signature),
+        so no GEMM plan made for them is kept (a plan holds its operands alive)."""
+        previous, self.dev.transient = self.dev.transient, True
+        try:
+            yield
+        finally:
+            self.dev.transient = previous
 
     # --- kernels ------------------------------------------------------------------------------------------------
     def kernel(self, op: str, seq_bucket: int | None = None, **consts):

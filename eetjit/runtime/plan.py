@@ -11,6 +11,7 @@ buffer alive as long as the view is read.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -56,14 +57,9 @@ class ExecutionPlan:
         sig = tuple((name, feeds[name].shape, feeds[name].dtype.str) for name, _ in self.input_slots)
         arena = self._arenas.get(sig)
         if arena is None:
-            dev = getattr(self.backend, "dev", None)       # the CUDA backend's device: see Device.transient
-            if dev is not None:
-                dev.transient = True
-            try:
+            # the backend may treat this run's buffers as temporaries (CudaBackend.transient: keep no GEMM plan)
+            with getattr(self.backend, "transient", nullcontext)():
                 shapes = self._execute(env, None)
-            finally:
-                if dev is not None:
-                    dev.transient = False
             self._arenas[sig] = self._plan_memory(shapes)
             if len(self._arenas) > self.MAX_SIGNATURES:
                 self._arenas.popitem(last=False)
