@@ -64,6 +64,11 @@ ATTENTION_TILE_SMEM = 46 * 1024     # static shared memory a tiled block may use
 ATTENTION_GEMM_MIN_ROWS = {"gpu": 16, "sim": 3}
 ATTENTION_GEMM_ENV = "EETJIT_ATTENTION_GEMM_MIN_ROWS"      # override (a huge number: never), for A/B measurements
 ATTENTION_GEMM_MAX_BYTES = 128 << 20
+# The GEMM attention's softmax: rows of at most this many key columns go one warp per row, the row in registers
+# (columns per lane = the power of two >= T / 32: one compiled variant per bucket); longer rows one block per row.
+SOFTMAX_WARP_MAX_COLS = 2048
+SOFTMAX_WARP_THREADS = {"gpu": 128, "sim": 8}          # rows per block = threads / lanes
+SOFTMAX_LANES = {"gpu": 32, "sim": 4}                  # lanes per row: a warp (the simulator: a group of 4)
 # GEMMs of at most this many rows (decode steps of small batches) run on the GEMV kernel (gemv.py.j2) rather than
 # cuBLASLt, whose launch and tail cost several microseconds over the time to read the weight at M = 1. Its tile:
 # lanes x cpl adjacent columns, warps x rows_per_warp rows of K per block. Widths past GEMV_MAX_N (an LM head)
@@ -92,6 +97,9 @@ class CudaBackend:
 
     device = "cuda"
     target = "cuda"
+
+    # the ExecutionPlan gives a split Linear's outputs one block, as column views (see _split_base)
+    column_outputs = True
 
     def __init__(self, dtype: str = "float32", verbose: bool = True, templates_dir=None):
         self.dev = get_device()
@@ -484,10 +492,11 @@ class CudaBackend:
             B, S = x.shape[:2]
             F = math.prod(x.shape[2:])
             index = self._token_index(inputs[1], B * S, node)
-            y = self._output(out, 0, (1, index.shape[0]) + tuple(x.shape[2:]))
-            with stream_context(self.dev):
-                self.dev.xp.take(self._contiguous(x).reshape(B * S, F), index, axis=0,
-                                 out=y.reshape(index.shape[0], F))
+            N = index.shape[0]
+            y = self._output(out, 0, (1, N) + tuple(x.shape[2:]))
+            threads = self.row_threads(F)
+            self.dev.launch(self.kernel("pack_rows", scatter=False, threads=threads), N, threads,
+                            self._contiguous(x).reshape(B * S, F), index, y.reshape(N, F))
             return [y]
         return run
 
@@ -498,13 +507,17 @@ class CudaBackend:
             B, S = like.shape[:2]
             F = math.prod(x.shape[2:])
             index = self._token_index(inputs[1], B * S, node)
-            if x.shape[:2] != (1, index.shape[0]):
-                raise InputError(f"node {node.name!r}: packed input must be [1, {index.shape[0]}, ...], got "
-                                 f"{list(x.shape)}")
+            N = index.shape[0]
+            if x.shape[:2] != (1, N):
+                raise InputError(f"node {node.name!r}: packed input must be [1, {N}, ...], got {list(x.shape)}")
             y = self._output(out, 0, (B, S) + tuple(x.shape[2:]))
             self.dev.fill_zero(y)
-            with stream_context(self.dev):
-                y.reshape(B * S, F)[index] = self._contiguous(x).reshape(index.shape[0], F)
+            threads = self.row_threads(F)
+            # x may be a column view of a split Linear's block (rows strided): the kernel reads it as it is
+            x_NF = x.reshape(N, F) if x.ndim == 3 and x.strides[-1] == x.dtype.itemsize else \
+                self._contiguous(x).reshape(N, F)
+            self.dev.launch(self.kernel("pack_rows", scatter=True, threads=threads), N, threads,
+                            x_NF, index, y.reshape(B * S, F))
             return [y]
         return run
 
@@ -526,7 +539,15 @@ class CudaBackend:
         from eetjit.fused.op_attention import pad_info
 
         def run(inputs, out):
-            ranges = pad_info(self.dev.to_host(inputs[0]))
+            mask = inputs[0]
+            if self.dev.on_device(mask) and not self.dev.host_readable(mask) and mask.ndim == 2:
+                # a mask in device memory (a captured Session.run; the session checked it on the host)
+                B = mask.shape[0]
+                y = out[0] if out is not None and out[0] is not None else self.dev.empty((B, 2), np.int64)
+                threads = 64
+                self.dev.launch(self.kernel("pad_info", threads=threads), -(-B // threads), threads, mask, y)
+                return [y]
+            ranges = pad_info(self.dev.to_host(mask))
             if out is not None and out[0] is not None:
                 self.dev.set(out[0], ranges)
                 return [out[0]]
@@ -569,54 +590,68 @@ class CudaBackend:
         return self.kernel("attention_tiled", **consts), tile["lanes"] * tile["warps"], qt
 
     def _gemm_attention(self, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, T, y) -> bool:
-        """Attention of many queries as two batched GEMMs on the tensor cores (scores = Q K^T, out = P V) around a
-        masked softmax kernel: the queries of the heads sharing a kv head stacked into one [rep*S, D] matrix per
-        (b, kv head). K/V come from the cache ([B, Hkv, T, D], columns 0..T-1 used) or are gathered from
-        [B, T, Hkv*D]. The batch goes in chunks whose scores (float32) and probabilities fit
-        attention_gemm_max_bytes (one scratch set, shared by every attention op); False (nothing done) when not
-        even one sequence fits."""
+        """Attention of many queries as batched GEMMs on the tensor cores (scores = scale * Q K^T, out = P V) around
+        a masked softmax kernel, straight on the activation layouts: per head h, one strided batched GEMM over the
+        sequences reads Q from q [B, S, H*D] (columns h*D..), K/V from the cache [B, Hkv, T_max, D] (columns
+        0..T-1) or from [B, T, Hkv*D], and the second writes y [B, S, H*D] in place; no copies into a batch layout.
+        The batch goes in chunks whose scores ([n, H, S, T]) and probabilities fit attention_gemm_max_bytes
+        (one scratch set, shared by every attention op); False (nothing done) when not even one sequence fits."""
         rep = H // Hkv
-        R = rep * S
-        per_seq = Hkv * R * T * (4 + self.dtype.itemsize)
+        # scores: float16 for float16 storage (what an fp16 eager attention does: the GEMM accumulates and scales in
+        # float32, then rounds; half the traffic of the largest buffer), float32 otherwise (bfloat16 keeps too few
+        # bits for the exponent of a softmax)
+        sdt = np.dtype(np.float16) if self.dtype == np.float16 else np.dtype(np.float32)
+        per_seq = H * S * T * (sdt.itemsize + self.dtype.itemsize)
         Bc = min(B, self.attention_gemm_chunk or self.attention_gemm_max_bytes // max(per_seq, 1))
         if per_seq > self.attention_gemm_max_bytes:
             Bc = 0
         if Bc < 1 or T == 0:
             return False
-        sc, Gc = self._attn_scratch, Bc * Hkv
-        qg_all = sc.get("q", (Gc, R, D), self.dtype)
-        og_all = sc.get("out", (Gc, R, D), self.dtype)
-        scores_all = sc.get("scores", (Gc, R, T), np.float32)
-        probs_all = sc.get("probs", (Gc, R, T), self.dtype)
-        kv_all = [sc.get(n, (Gc, T, D), self.dtype) for n in ("k", "v")] if layout == "bshd" else None
-        th = 8 if self.dev.simulated else min(128, max(32, D))
-        to_batch = self.kernel("heads_batch", heads=H, kv_heads=Hkv, head_dim=D, scale=float(scale), to_batch=True,
-                               threads=th)
-        kv_to_batch = self.kernel("heads_batch", heads=Hkv, kv_heads=Hkv, head_dim=D, scale=1.0, to_batch=True,
-                                  threads=th)
-        back = self.kernel("heads_batch", heads=H, kv_heads=Hkv, head_dim=D, scale=1.0, to_batch=False, threads=th)
-        threads = self.row_threads(T)
-        consts = dict(heads=H, kv_heads=Hkv, layout=layout, threads=threads)
+        sc = self._attn_scratch
+        scores_all = sc.get("scores", (Bc, H, S, T), sdt)
+        probs_all = sc.get("probs", (Bc, H, S, T), self.dtype)
+        lanes = SOFTMAX_LANES[self.mode]
+        cols = 1 << max(0, (-(-T // lanes) - 1).bit_length())
+        if T > SOFTMAX_WARP_MAX_COLS or cols > SOFTMAX_WARP_MAX_COLS // 32:     # at most 64 registers per lane
+            cols = 0
+        threads = SOFTMAX_WARP_THREADS[self.mode] if cols else self.row_threads(T)
+        rows_per_block = threads // lanes if cols else 1
+        consts = dict(heads=H, kv_heads=Hkv, layout=layout, threads=threads, cols=cols)
+        if cols:
+            consts["lanes"] = lanes
         if layout == "bshd":
             consts["causal"] = causal
         softmax = self.kernel("attention_softmax", **consts)
+        if layout == "cache":
+            k_all, v_all = (c[:, :, :T, :] for c in kv_args)           # [B, Hkv, T, D] views
+        else:
+            k_all, v_all = kv_args
         for b0 in range(0, B, Bc):
             b1 = min(B, b0 + Bc)
-            n, G = b1 - b0, (b1 - b0) * Hkv
-            qg, og, scores, probs = qg_all[:G], og_all[:G], scores_all[:G], probs_all[:G]
-            self.dev.launch(to_batch, (S, n * H), th, q[b0:b1], qg)
-            if layout == "cache":
-                kg, vg = (c[b0:b1, :, :T, :].reshape(G, T, D) for c in kv_args)
-                bounds = (bounds_args[0][b0:b1], bounds_args[1])
+            n = b1 - b0
+            scores, probs = scores_all[:n], probs_all[:n]
+            if self.dev.simulated:
+                # per head, one strided batched GEMM over the sequences (NumPy here: the same products)
+                for h in range(H):
+                    self._batched(q[b0:b1, :, h * D:(h + 1) * D], _head(k_all, layout, b0, b1, h // rep, D),
+                                  scores[:, h], transpose_b=True, alpha=scale)
+            else:   # every (sequence, head) of the chunk in one pointer-array batched GEMM
+                q_ptrs, k_ptrs, s_ptrs = _head_pointers(q, k_all, scores, layout, b0, b1, H, rep, D)
+                ld_q, ld_k, ld_s = _lds(q, k_all, scores, layout)
+                self._batched.by_pointers(q_ptrs, k_ptrs, s_ptrs, S, T, D, ld_q, ld_k, ld_s, (q, k_all, scores),
+                                          transpose_b=True, alpha=scale)
+            bounds = (bounds_args[0][b0:b1], bounds_args[1]) if layout == "cache" else (bounds_args[0][b0:b1],)
+            rows = n * H * S
+            self.dev.launch(softmax, -(-rows // rows_per_block), threads, scores.reshape(rows, T), *bounds, S,
+                            probs.reshape(rows, T))
+            if self.dev.simulated:
+                for h in range(H):
+                    self._batched(probs[:, h], _head(v_all, layout, b0, b1, h // rep, D),
+                                  y[b0:b1, :, h * D:(h + 1) * D])
             else:
-                kg, vg = kv_all[0][:G], kv_all[1][:G]
-                for src, dst in zip(kv_args, (kg, vg)):
-                    self.dev.launch(kv_to_batch, (T, n * Hkv), th, src[b0:b1], dst)
-                bounds = (bounds_args[0][b0:b1],)
-            self._batched(qg, kg, scores, transpose_b=True)
-            self.dev.launch(softmax, G * R, threads, scores.reshape(G * R, T), *bounds, S, probs.reshape(G * R, T))
-            self._batched(probs, vg, og)
-            self.dev.launch(back, (S, n * H), th, y[b0:b1], og)
+                y_ptrs, v_ptrs, p_ptrs = _head_pointers(y, v_all, probs, layout, b0, b1, H, rep, D)
+                ld_y, ld_v, ld_p = _lds(y, v_all, probs, layout)
+                self._batched.by_pointers(p_ptrs, v_ptrs, y_ptrs, S, D, T, ld_p, ld_v, ld_y, (probs, v_all, y))
         return True
 
     def _run_attention(self, scratch, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, max_cols,
@@ -926,21 +961,62 @@ def _owner(a):
     return a
 
 
+def _head(kv, layout, b0, b1, g, D):
+    """Sequences b0..b1 of kv head g as [n, T, D]: from the cache view [B, Hkv, T, D] or from [B, T, Hkv*D]."""
+    return kv[b0:b1, g] if layout == "cache" else kv[b0:b1, :, g * D:(g + 1) * D]
+
+
+def _head_pointers(x, kv, mat, layout, b0, b1, H, rep, D):
+    """Device addresses, per (sequence b0..b1, head h) in that order, of: head h's [S, D] block of x [B, S, H*D];
+    kv head h // rep's [T, D] block of kv (layout as _head); the [S, T] matrix (b - b0, h) of mat [n, H, S, T]."""
+    n = b1 - b0
+    b = np.repeat(np.arange(b0, b1, dtype=np.int64), H)
+    h = np.tile(np.arange(H, dtype=np.int64), n)
+    g = h // rep
+    x_ptrs = _ptr(x) + b * x.strides[0] + h * (D * x.dtype.itemsize)
+    if layout == "cache":
+        kv_ptrs = _ptr(kv) + b * kv.strides[0] + g * kv.strides[1]
+    else:
+        kv_ptrs = _ptr(kv) + b * kv.strides[0] + g * (D * kv.dtype.itemsize)
+    mat_ptrs = _ptr(mat) + (b - b0) * mat.strides[0] + h * mat.strides[1]
+    return x_ptrs, kv_ptrs, mat_ptrs
+
+
+def _lds(x, kv, mat, layout):
+    """Row strides (in elements) of the blocks of _head_pointers."""
+    item = lambda a: a.dtype.itemsize    # noqa: E731
+    return (x.strides[1] // item(x), (kv.strides[2] if layout == "cache" else kv.strides[1]) // item(kv),
+            mat.strides[2] // item(mat))
+
+
 def _split_base(out, M, N, split):
     """The [M, N] array that the given split outputs are column views of (at the right offsets), else None.
-    A decode step captured from a warm-up run hands back exactly those views: the GEMM then writes in place."""
+    The ExecutionPlan (column_outputs) and a warm-up run hand back exactly such views: the GEMM then writes in
+    place."""
     if out is None or len(out) < len(split) or any(o is None for o in out[:len(split)]):
         return None
-    base = _owner(out[0])
-    if tuple(base.shape) != (M, N) or not base.flags.c_contiguous:
+    owner = _owner(out[0])
+    if not owner.flags.c_contiguous or owner.dtype != out[0].dtype:
         return None
-    item = base.dtype.itemsize
+    item = owner.dtype.itemsize
+    first = _ptr(out[0]) - _ptr(owner)
+    if first < 0 or first % item or first // item + M * N > owner.size:
+        return None
     o = 0
     for view, n in zip(out, split):
-        if _owner(view) is not base or _ptr(view) != _ptr(base) + o * item:
+        lead = tuple(view.shape[:-1])
+        if (_owner(view) is not owner or _ptr(view) != _ptr(out[0]) + o * item or view.shape[-1] != n
+                or math.prod(lead) != M or view.strides[-1] != item):
             return None
+        step = N * item
+        for d in range(len(lead) - 1, -1, -1):          # row-major over the lead dims, rows N elements apart
+            if lead[d] > 1 and view.strides[d] != step:
+                return None
+            step *= lead[d]
         o += n
-    return base
+    if o != N:
+        return None
+    return owner.reshape(-1)[first // item:first // item + M * N].reshape(M, N)
 
 
 def _view_shape(node, opset, shape, inputs):

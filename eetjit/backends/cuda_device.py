@@ -133,6 +133,8 @@ class Device:
 
     def set(self, dst, host) -> None:
         """Copy host values into the device array `dst` (same shape)."""
+        if self.capturing:
+            raise CaptureError("host-to-device copy while capturing a CUDA graph")
         host = np.ascontiguousarray(np.asarray(host, dtype=dst.dtype).reshape(dst.shape))
         if self.simulated:
             dst[...] = host
@@ -142,6 +144,8 @@ class Device:
     def to_host(self, x) -> np.ndarray:
         if not self.on_device(x) or self.simulated:
             return np.asarray(x)
+        if self.capturing:
+            raise CaptureError("device-to-host copy while capturing a CUDA graph")
         return self.xp.asnumpy(x, stream=self.stream)   # waits for the stream
 
     def copy(self, dst, src) -> None:
@@ -202,7 +206,8 @@ class Device:
         try:
             self.stream.begin_capture()
             try:
-                fn()
+                with _NoPoolAllocation():     # a CuPy temporary would be freed (and reused) under the graph
+                    fn()
             finally:
                 graph = self.stream.end_capture()
         finally:
@@ -211,6 +216,27 @@ class Device:
 
     def replay(self, graph) -> None:
         graph.launch(self.stream)
+
+
+class _NoPoolAllocation:
+    """Within: any CuPy memory-pool allocation raises CaptureError (a CuPy operation that makes a temporary)."""
+
+    def __enter__(self):
+        import cupy
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "eetjit-capture"
+
+            def malloc_preprocess(self, **kw):
+                raise CaptureError(f"a CuPy allocation of {kw.get('size')} bytes while capturing a CUDA graph")
+
+            def alloc_preprocess(self, **kw):
+                raise CaptureError(f"a CuPy allocation of {kw.get('mem_size')} bytes while capturing a CUDA graph")
+        self._hook = Hook()
+        self._hook.__enter__()
+
+    def __exit__(self, *exc):
+        return self._hook.__exit__(*exc)
 
 
 def _uint(itemsize):

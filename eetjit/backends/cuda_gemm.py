@@ -23,6 +23,7 @@ from eetjit.backends.cuda_device import CaptureError, Device
 FUSED_EPILOGUES = {("none", False): "DEFAULT", ("none", True): "BIAS", ("relu", False): "RELU",
                    ("relu", True): "RELU_BIAS", ("gelu_tanh", False): "GELU", ("gelu_tanh", True): "GELU_BIAS"}
 PLANS_PER_GEMM = 8
+POINTER_ARRAYS_KEPT = 256      # address tables of BatchedGemm.by_pointers (a few per attention op and shape)
 
 
 class Gemm:
@@ -104,39 +105,79 @@ _GEMM_DEFAULT = -1
 
 
 class BatchedGemm:
-    """Strided batched GEMMs of attention (cublasGemmStridedBatchedEx through nvmath's cuBLAS bindings):
-    C[i] = A[i] @ B[i] for row-major 3-D arrays whose batch is one uniform stride, float32 accumulation, with the
-    output in float32 or the storage type. Used by the prompt pass's attention (scores = Q K^T, out = P V); the
-    simulator computes the same with NumPy."""
+    """Batched GEMMs of attention through nvmath's cuBLAS bindings, float32 accumulation, the output in float32 or
+    the storage type: `__call__` for row-major 3-D arrays whose batch is one uniform stride
+    (cublasGemmStridedBatchedEx; NumPy in the simulator), `by_pointers` for matrices at arbitrary addresses
+    (cublasGemmBatchedEx; GPU only: the prompt/encoder attention's every (sequence, head) in one call)."""
 
     def __init__(self, device: Device):
         self.device = device
         self._handle = None
-        self._one = np.array(1.0, np.float32)
+        self._alphas: dict[float, np.ndarray] = {}      # host scalars cuBLAS reads at launch (kept alive here)
         self._zero = np.array(0.0, np.float32)
+        self._pointer_arrays: OrderedDict = OrderedDict()   # (A, B, C addresses) -> their device copy
 
-    def __call__(self, A, B, C, transpose_b=False) -> None:
-        """C[i] (M, N) = A[i] (M, K) @ (B[i]^T if transpose_b else B[i]); each a 3-D array with unit stride on its
-        last axis (B[i] is (N, K) when transposed)."""
-        if self.device.simulated:
-            Bm = np.asarray(B, np.float32)
-            C[...] = (np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)).astype(C.dtype)
-            return
+    def _ready(self, alpha):
+        """The cuBLAS handle on the device's stream; alpha as a host float32 that outlives the launch."""
         from nvmath.bindings import cublas
         if self._handle is None:
             self._handle = cublas.create()
         cublas.set_stream(self._handle, self.device.stream.ptr)
+        a = self._alphas.get(alpha)
+        if a is None:
+            a = self._alphas[alpha] = np.array(alpha, np.float32)
+        return a
+
+    def by_pointers(self, a_ptrs, b_ptrs, c_ptrs, M, N, K, lda, ldb, ldc, like, transpose_b=False,
+                    alpha=1.0) -> None:
+        """C_i (M, N) = alpha * A_i (M, K) @ (B_i^T if transpose_b else B_i) for the row-major matrices at the
+        given device addresses (int64 host arrays, one entry per i; rows lda / ldb / ldc elements apart; `like`:
+        arrays of A's, B's and C's element types), as one
+        cublasGemmBatchedEx (GPU only). The address arrays go to the device once per distinct set and are kept
+        (an LRU; captured graphs hold theirs through Device.keep), so a repeated call uploads nothing."""
+        from nvmath.bindings import cublas
+        key = (a_ptrs.tobytes(), b_ptrs.tobytes(), c_ptrs.tobytes())
+        table = self._pointer_arrays.get(key)
+        if table is None:
+            if self.device.capturing:
+                raise CaptureError("the address arrays of a batched GEMM were built while capturing a CUDA graph")
+            # cuBLAS is column-major: row-major C = A @ op(B) is C^T = op(B)^T @ A^T, so its "A" is our B
+            table = self.device.upload(np.concatenate([b_ptrs, a_ptrs, c_ptrs]).astype(np.int64))
+            self._pointer_arrays[key] = table
+            if len(self._pointer_arrays) > POINTER_ARRAYS_KEPT:
+                self._pointer_arrays.popitem(last=False)
+        else:
+            self._pointer_arrays.move_to_end(key)
+        self.device.keep(table)
+        a = self._ready(alpha)
+        n, base = len(a_ptrs), table.data.ptr
+        ta, tb, tc = (_CUDA_TYPE[_name(x)] for x in like)
+        cublas.gemm_batched_ex(self._handle, 1 if transpose_b else 0, 0, N, M, K, a.ctypes.data,
+                               base, tb, ldb, base + 8 * n, ta, lda, self._zero.ctypes.data,
+                               base + 16 * n, tc, ldc, n, _COMPUTE_32F, _GEMM_DEFAULT)
+
+    def __call__(self, A, B, C, transpose_b=False, alpha=1.0) -> None:
+        """C[i] (M, N) = alpha * A[i] (M, K) @ (B[i]^T if transpose_b else B[i]); each a 3-D array (any strides
+        on the first two axes, e.g. one head's columns of [B, S, H*D]) with unit stride on its last axis (B[i] is
+        (N, K) when transposed)."""
+        if self.device.simulated:
+            Bm = np.asarray(B, np.float32)
+            prod = np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)
+            C[...] = (np.float32(alpha) * prod).astype(C.dtype)
+            return
+        from nvmath.bindings import cublas
+        a = self._ready(alpha)
         batch, M, K = A.shape
         N = C.shape[2]
         item = lambda x: x.dtype.itemsize        # noqa: E731
-        ld = lambda x: x.strides[1] // item(x)  # noqa: E731
+        ld = lambda x: x.strides[1] // item(x) if x.shape[1] > 1 else x.shape[2]   # noqa: E731
         bs = lambda x: x.strides[0] // item(x) if x.shape[0] > 1 else 0   # noqa: E731
         for x in (A, B, C):
             if x.strides[2] != item(x):
                 raise ValueError("batched GEMM operands need a unit stride on their last axis")
         # Row-major C = A @ op(B) is column-major C^T = op(B)^T @ A^T: cuBLAS's "A" is our B, its "B" is our A.
         cublas.gemm_strided_batched_ex(
-            self._handle, 1 if transpose_b else 0, 0, N, M, K, self._one.ctypes.data,
+            self._handle, 1 if transpose_b else 0, 0, N, M, K, a.ctypes.data,
             B.data.ptr, _CUDA_TYPE[_name(B)], ld(B), bs(B),
             A.data.ptr, _CUDA_TYPE[_name(A)], ld(A), bs(A), self._zero.ctypes.data,
             C.data.ptr, _CUDA_TYPE[_name(C)], ld(C), bs(C), batch, _COMPUTE_32F, _GEMM_DEFAULT)

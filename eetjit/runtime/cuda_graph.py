@@ -1,24 +1,27 @@
-"""CUDA graphs for generation: the decode step of one batch size, captured once and replayed per token.
+"""CUDA graphs for generation: the decode step of one batch size and the prompt pass of one (batch, prompt length),
+each captured once and replayed.
 
-A decode step is the ExecutionPlan of the generation graph (eetjit.plan.generation) run for one token per
-sequence, followed by the greedy tail (argmax of the logits, then the next step's inputs advanced on the device:
-ids <- token, positions += 1, step += 1). `DecodeStep` fixes everything it touches:
-- its per-step inputs live in device buffers it owns (ids [B, 1], positions [B, 1], start [B], step [1]); the
-  kernels read them from device memory at run time, so the recorded launches stay valid from token to token;
+`CapturedPlan` runs the ExecutionPlan of the generation graph (eetjit.plan.generation) on fixed buffers:
+- its per-run inputs live in device buffers it owns (decode: ids [B, 1], positions [B, 1], start [B], step [1];
+  prompt: ids [B, P], positions [B, P], start [B]); the kernels read them from device memory at run time, so the
+  recorded launches stay valid from run to run;
 - the KV caches are the session's (views [:B], fixed addresses);
-- every op output is allocated once, by an eager warm-up run (which also compiles the kernels and plans the
-  cuBLASLt GEMMs), and handed back to the op as `out=` ever after; op scratch and GEMM plans made during the
-  warm-up are kept with the step (Device.keep), so eviction elsewhere cannot free what the graph points to.
-The second run executes the step eagerly on those buffers and then captures the same launches (CuPy stream
-capture: Numba kernels on the external stream, nvmath GEMMs on the same stream); every later run is one graph
-launch. Plain ONNX ops left in the graph (shape
-plumbing of TorchScript exports) run on the host at capture time only: their results are fixed for a batch size.
+- every op output lives in the buffers of the plan's memory plan for that signature (reused by liveness), traced
+  by the first, eager, run (which also compiles the kernels); graph outputs get a buffer of their own; op scratch
+  and GEMM plans made on those buffers are kept with it (Device.keep), so eviction elsewhere cannot free what the
+  graph points to.
+The second run executes eagerly on those buffers and then captures the same launches (CuPy stream capture: Numba
+kernels on the external stream, nvmath GEMMs on the same stream); every later run is one graph launch. Plain ONNX
+ops left in the graph (shape plumbing of TorchScript exports) run on the host at capture time only: their results
+are fixed for a signature. A decode step (`DecodeStep`) adds the greedy tail (argmax of the logits, then the next
+step's inputs advanced on the device: ids <- token, positions += 1, step += 1) to its graph. A prompt pass
+(`PromptPass`) of a shape seen only once never gets past the eager run; the prompt lengths of a serving load
+repeat when the caller buckets them.
 
-What stays eager: the prompt pass (its shapes change with every batch of prompts), sampling with temperature /
-top-k / top-p (on the device, eetjit.backends.cuda_sampling, after the step: it overwrites the tokens and the ids
-buffer; only B uniform numbers go up and B tokens come back), and everything when EETJIT_CUDA_GRAPHS=0 (debug:
-the same fixed buffers, launched one by one) or under the CUDA simulator, which cannot capture. A step whose
-capture fails (an op that needs the host) stays eager.
+What stays eager: sampling with temperature / top-k / top-p (on the device, eetjit.backends.cuda_sampling, after
+the step: it overwrites the tokens and the ids buffer; only B uniform numbers go up and B tokens come back), and
+everything when EETJIT_CUDA_GRAPHS=0 (debug: the same fixed buffers, launched one by one) or under the CUDA
+simulator, which cannot capture. A pass whose capture fails (an op that needs the host) stays eager.
 """
 from __future__ import annotations
 
@@ -36,28 +39,28 @@ from eetjit.runtime.generate import Generator
 
 GRAPHS_ENV = "EETJIT_CUDA_GRAPHS"    # "0": never capture (launch the decode step op by op)
 MAX_DECODE_STEPS = 4                 # batch sizes whose decode step (buffers + graph) a generator keeps
+MAX_PROMPT_PASSES = 4                # (batch, prompt length) shapes whose prompt pass a generator keeps
 
 
 def graphs_enabled() -> bool:
     return os.environ.get(GRAPHS_ENV, "1").strip() not in ("0", "false", "no", "off")
 
 
-class DecodeStep:
-    """One-token decode of B sequences on fixed device buffers; `run()` returns the logits buffer [B, 1, V]
-    and leaves the greedy tokens in `tokens` (and the advanced inputs in ids / positions / step)."""
+class CapturedPlan:
+    """An ExecutionPlan run over feeds that live in fixed device buffers, on the fixed buffers of its memory plan,
+    and from the third run on replayed as one CUDA graph. Run 1 is the plan's own eager run (it traces the
+    signature's memory plan, or reuses it); run 2 runs eagerly on that plan's buffers (graph outputs get a buffer
+    of their own) and captures the same launches; later runs are one graph launch. `tail(outputs)` is work queued
+    after the ops and captured with them (DecodeStep: the greedy tail). The caller writes new values into the
+    feed buffers before each run."""
 
-    def __init__(self, plan, backend, input_ids: str, batch: int, caches: dict):
+    def __init__(self, plan, backend, feeds: dict, what: str = "plan"):
         self.plan, self.backend, self.dev = plan, backend, backend.dev
-        B = batch
-        self.ids = backend.zeros((B, 1), np.int64)
-        self.positions = backend.zeros((B, 1), np.int64)
-        self.start = backend.zeros((B,), np.int64)
-        self.step = backend.zeros((1,), np.int64)
-        self.tokens = backend.zeros((B,), np.int64)
-        feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start, STEP: self.step, **caches}
+        self.what = what
         missing = [name for name, _ in plan.input_slots if name not in feeds]
         if missing:
-            raise KeyError(f"decode step has no buffer for input(s) {missing}")
+            raise KeyError(f"{what} has no buffer for input(s) {missing}")
+        self.feeds = feeds
         self._env0: list = [None] * plan.n_slots
         for s, arr in plan.consts:
             self._env0[s] = arr
@@ -65,57 +68,72 @@ class DecodeStep:
             self._env0[s] = feeds[name]
         self.bufs: list | None = None      # per op: its output buffers (None for plain ONNX ops)
         self.keep: list = []               # scratch and GEMM plans the launches rely on
-        self.env: list | None = None       # the last run's values (the graph reads them)
+        self.outputs: list | None = None   # the graph's outputs of the last run (fixed buffers from run 2 on)
+        self.env: list | None = None
         self.graph = None
         self.capture_failed: str | None = None
         self.runs = 0
+        # Values that plain ONNX ops compute on the host (from constants and shapes: fixed for a signature) and
+        # only kernel ops read, e.g. a slice of a position-id table: uploaded once, so no copy is captured.
+        readers: dict[int, list[bool]] = {}
+        for op, (ins, _) in zip(plan.ops, plan.steps):
+            for sl in ins:
+                if sl is not None:
+                    readers.setdefault(sl, []).append(op.fallback)
+        self._to_device = {sl for op, (_, outs) in zip(plan.ops, plan.steps) if op.fallback for sl in outs
+                           if sl in readers and not any(readers[sl])}
+        self._uploads: dict[int, tuple] = {}     # slot -> (host value, device copy)
 
-    @property
-    def logits(self):
-        return self.env[self.plan.output_slots[0]]
+    def tail(self, outputs) -> None:
+        """Work after the ops, captured with them (nothing by default)."""
 
-    def run(self):
-        """One decode step. 1st call: eager warm-up (allocates); later calls: eager on the fixed buffers, and the
-        2nd call also captures them (graphs enabled, GPU), after which every call is one graph replay."""
+    def run(self) -> list:
         self.runs += 1
         if self.graph is not None:
             self.dev.replay(self.graph)
-            return self.logits
+            return self.outputs
         if self.bufs is None:
-            self._collecting(lambda: self._execute(None))
-            return self.logits
-        # This step runs eagerly on the fixed buffers (which also brings back any op scratch evicted since the
-        # warm-up, e.g. by prompt passes of other shapes); then, once, the same launches are captured.
+            arena = self.plan.arena(self.feeds)
+            if arena is None:                  # a new signature: the plan's eager run traces its memory plan
+                self.outputs = self.plan.run(self.feeds)
+                self.tail(self.outputs)
+                return self.outputs
+            self.bufs = [None if b is None else list(b) for b in arena]
+        # This run is eager on the fixed buffers (which also brings back any op scratch evicted since, e.g. by
+        # passes of other shapes); then, once, the same launches are captured.
         self._collecting(lambda: self._execute(self.bufs))
         if graphs_enabled() and not self.dev.simulated and self.capture_failed is None:
-            env = self.env
+            outputs, env = self.outputs, self.env
             try:
                 self.graph = self._collecting(lambda: self.dev.capture(lambda: self._execute(self.bufs)))
             except CaptureError as e:
                 self.capture_failed = str(e)
-                self.env = env
-                warnings.warn(f"eetjit: the decode step could not be captured as a CUDA graph ({e}); it runs "
+                self.outputs, self.env = outputs, env
+                warnings.warn(f"eetjit: the {self.what} could not be captured as a CUDA graph ({e}); it runs "
                               "op by op", RuntimeWarning, stacklevel=2)
-        return self.logits
+        return self.outputs
 
     def profile(self, repeats: int = 20) -> list[tuple[str, str, float]]:
-        """(op type, node name, device ms) for every op of the step and the greedy tail, measured by capturing
-        each alone as a graph and replaying it `repeats` times between CUDA events (GPU only; after a run).
-        The step's inputs are restored afterwards (the ops and the tail write the same cache column again)."""
+        """(op type, node name, device ms) for every kernel op and the tail, measured by capturing each alone as
+        a graph and replaying it `repeats` times between CUDA events (GPU only; after two runs; NaN for an op
+        that cannot be captured). Ops that write in place (the KV cache) write the same values again;
+        subclasses restore what their tail advances."""
         import cupy
-        if self.dev.simulated or self.bufs is None:
-            raise RuntimeError("profile() needs a GPU and a decode step that has run")
-        saved = [self.dev.to_host(a).copy() for a in (self.ids, self.positions, self.step)]
+        if self.dev.simulated or self.env is None:
+            raise RuntimeError("profile() needs a GPU and two runs")
         env, rows = self.env, []
         items = [(op.node.op_type, op.node.name,
                   lambda op=op, ins=ins, i=i: op([None if s is None else env[s] for s in ins], self.bufs[i]))
                  for i, (op, (ins, _)) in enumerate(zip(self.plan.ops, self.plan.steps)) if not op.fallback]
-        items.append(("greedy", "argmax+advance", lambda: self.backend.greedy_tokens(
-            self.logits, self.tokens, self.ids, self.positions, self.step)))
+        items.append(("tail", type(self).__name__, lambda: self.tail(self.outputs)))
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         for kind, name, fn in items:
             self._collecting(fn)                  # eagerly first: scratch evicted since the warm-up comes back
-            graph = self._collecting(lambda fn=fn: self.dev.capture(fn))
+            try:
+                graph = self._collecting(lambda fn=fn: self.dev.capture(fn))
+            except CaptureError:                  # an op that needs the host (an upload): not timed alone
+                rows.append((kind, name, float("nan")))
+                continue
             self.dev.replay(graph)
             start.record(self.dev.stream)
             for _ in range(repeats):
@@ -123,9 +141,22 @@ class DecodeStep:
             end.record(self.dev.stream)
             end.synchronize()
             rows.append((kind, name, cupy.cuda.get_elapsed_time(start, end) / repeats))
-        for a, h in zip((self.ids, self.positions, self.step), saved):
-            self.dev.set(a, h)
         return rows
+
+    def _device_copy(self, slot, value):
+        """The device copy of a host-computed value (made on the first eager run; the same one ever after)."""
+        if not isinstance(value, np.ndarray) or self.dev.simulated:
+            return value
+        hit = self._uploads.get(slot)
+        if hit is not None:
+            if hit[0].shape != value.shape or hit[0].dtype != value.dtype or not np.array_equal(hit[0], value):
+                raise CaptureError(f"a value computed on the host changed between runs of one signature "
+                                   f"(slot {slot})")
+            return hit[1]
+        copy = self.dev.upload(value)          # CaptureError while capturing
+        self._uploads[slot] = (value.copy(), copy)
+        self.dev.keep(copy)
+        return copy
 
     def _collecting(self, fn):
         previous, self.dev.collecting = self.dev.collecting, self.keep
@@ -135,21 +166,102 @@ class DecodeStep:
             self.dev.collecting = previous
 
     def _execute(self, bufs):
+        """Every op on `bufs`; an op output without a buffer (a graph output) gets the one this run made."""
         plan = self.plan
         env = list(self._env0)
-        record = bufs is None
-        if record:
-            bufs = [None] * len(plan.ops)
         for i, (op, (ins, outs)) in enumerate(zip(plan.ops, plan.steps)):
             results = op([None if s is None else env[s] for s in ins], bufs[i])
             for s, r in zip(outs, results):
-                env[s] = r
-            if record and not op.fallback:
-                bufs[i] = list(results)
+                env[s] = self._device_copy(s, r) if s in self._to_device else r
+            if not op.fallback and bufs[i] is not None:
+                for j, r in enumerate(results):
+                    if bufs[i][j] is None:
+                        bufs[i][j] = r
         self.env = env
-        if record:
-            self.bufs = bufs
-        self.backend.greedy_tokens(env[plan.output_slots[0]], self.tokens, self.ids, self.positions, self.step)
+        self.outputs = [env[s] for s in plan.output_slots]
+        self.tail(self.outputs)
+
+
+class DecodeStep(CapturedPlan):
+    """One-token decode of B sequences on fixed device buffers; `run()` returns the logits buffer [B, 1, V]
+    and leaves the greedy tokens in `tokens` (and the advanced inputs in ids / positions / step)."""
+
+    def __init__(self, plan, backend, input_ids: str, batch: int, caches: dict):
+        B = batch
+        self.ids = backend.zeros((B, 1), np.int64)
+        self.positions = backend.zeros((B, 1), np.int64)
+        self.start = backend.zeros((B,), np.int64)
+        self.step = backend.zeros((1,), np.int64)
+        self.tokens = backend.zeros((B,), np.int64)
+        feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start, STEP: self.step, **caches}
+        super().__init__(plan, backend, feeds, what="decode step")
+
+    @property
+    def logits(self):
+        return self.outputs[0]
+
+    def run(self):
+        return super().run()[0]
+
+    def tail(self, outputs) -> None:
+        self.backend.greedy_tokens(outputs[0], self.tokens, self.ids, self.positions, self.step)
+
+    def profile(self, repeats: int = 20) -> list[tuple[str, str, float]]:
+        """CapturedPlan.profile with the step's inputs restored afterwards (the tail advances them)."""
+        saved = [self.dev.to_host(a).copy() for a in (self.ids, self.positions, self.step)]
+        rows = super().profile(repeats)
+        for a, h in zip((self.ids, self.positions, self.step), saved):
+            self.dev.set(a, h)
+        return [("greedy", "argmax+advance", ms) if kind == "tail" else (kind, name, ms) for kind, name, ms in rows]
+
+
+class PromptPass(CapturedPlan):
+    """The prompt pass of B left-padded prompts of P tokens on fixed device buffers (ids, positions, pad counts);
+    `run()` returns the logits buffer [B, 1, V]. Captured like a decode step from its second run of the same
+    (B, P), so a repeated prompt shape costs one graph launch instead of a Python launch per kernel."""
+
+    def __init__(self, plan, backend, input_ids: str, batch: int, length: int, caches: dict):
+        B, P = batch, length
+        self.ids = backend.zeros((B, P), np.int64)
+        self.positions = backend.zeros((B, P), np.int64)
+        self.start = backend.zeros((B,), np.int64)
+        feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start,
+                 STEP: np.array([0], np.int64), **caches}
+        super().__init__(plan, backend, feeds, what="prompt pass")
+
+    def __call__(self, ids, positions, pad):
+        for buf, host in ((self.ids, ids), (self.positions, positions), (self.start, pad)):
+            self.dev.set(buf, host)
+        return self.run()[0]
+
+
+class CapturedRuns:
+    """Session.run on the CUDA backend: the first run of a (plan, input signature) is the plan's eager run (it
+    traces the memory plan); from the second on, the feeds are copied into device buffers of that signature and the
+    plan runs as a CapturedPlan (eager on fixed buffers once, then one graph launch per run). Outputs are the
+    CapturedPlan's fixed buffers: the session copies them to the host before the next run."""
+
+    MAX_PLANS = 4        # signatures kept (their staging buffers, outputs and graphs)
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.plans: OrderedDict = OrderedDict()
+
+    def run(self, plan, feeds: dict, output_names=None) -> list:
+        if plan.arena(feeds) is None:
+            return plan.run(feeds, output_names)
+        key = (id(plan), plan._signature(feeds))
+        cp = self.plans.get(key)
+        if cp is None or cp.plan is not plan:
+            staged = {name: self.backend.empty(np.shape(feeds[name]), feeds[name].dtype) for name, _ in plan.input_slots}
+            cp = self.plans[key] = CapturedPlan(plan, self.backend, staged, what="Session.run")
+            if len(self.plans) > self.MAX_PLANS:
+                self.plans.popitem(last=False)
+        else:
+            self.plans.move_to_end(key)
+        for name, buf in cp.feeds.items():
+            self.backend.dev.set(buf, feeds[name])
+        return plan.select(cp.run(), output_names)
 
 
 class CudaGenerator(Generator):
@@ -160,6 +272,19 @@ class CudaGenerator(Generator):
         super().__init__(session)
         self.backend = session.backend
         self.steps: OrderedDict[int, DecodeStep] = OrderedDict()
+        self.prompts: OrderedDict[tuple[int, int], PromptPass] = OrderedDict()
+
+    def prompt_pass(self, B: int, P: int) -> PromptPass:
+        key = (B, P)
+        pp = self.prompts.get(key)
+        if pp is None:
+            caches = {k: v[:B] for k, v in self.caches.items()}
+            pp = self.prompts[key] = PromptPass(self.plan, self.backend, self.gen.input_ids, B, P, caches)
+            if len(self.prompts) > MAX_PROMPT_PASSES:
+                self.prompts.popitem(last=False)
+        else:
+            self.prompts.move_to_end(key)
+        return pp
 
     def decode_step(self, B: int) -> DecodeStep:
         step = self.steps.get(B)
@@ -177,12 +302,7 @@ class CudaGenerator(Generator):
         prompts, eos, rng, B, P, pad, ids, positions = self._prepare(
             prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id)
         backend, dev = self.backend, self.backend.dev
-        caches = {k: v[:B] for k, v in self.caches.items()}
-        # pad counts go up once (each layer would otherwise copy them from pageable memory, waiting every time for
-        # the work queued before); the step stays on the host (the prompt attention sizes its GEMMs from it)
-        feeds = {self.gen.input_ids: ids, POSITIONS: positions, START: dev.upload(pad, np.int64),
-                 STEP: np.array([0], np.int64), **caches}
-        (logits,) = self.plan.run(feeds)                               # the prompt pass (eager)
+        logits = self.prompt_pass(B, P)(ids, positions, pad)          # the prompt pass (a graph once repeated)
         step = self.decode_step(B)
         dev.set(step.start, pad)
         dev.set(step.positions, (P - 1 - pad)[:, None])               # the tail advances them to the 1st step's

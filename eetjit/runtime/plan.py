@@ -6,7 +6,9 @@ buffer, reusing a buffer once the last reader of the value in it has run (livene
 signature pass those buffers as `out=`, so steady state allocates nothing but the outputs handed back to
 the caller (never buffers the plan will overwrite) and what fallback ops (shape plumbing) make.
 Values produced by fallback ops may be views of kernel buffers (a Reshape); such a view keeps its base
-buffer alive as long as the view is read.
+buffer alive as long as the view is read. On a backend with `column_outputs`, a kernel op whose outputs were
+column blocks of one array in the traced run (a split Linear's q/k/v) gets one block again, as column views.
+`arena(feeds)` hands a signature's buffers to eetjit.runtime.cuda_graph, which captures runs on them.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class ExecutionPlan:
         self.last_use = last_use
         self._kernel_slots = {s for op, (_, outs) in zip(self.ops, self.steps) if not op.fallback for s in outs}
         self._alias: dict[int, int] = {}
+        self._columns: dict[int, tuple] = {}    # step -> column layout of its outputs (see _column_layout)
         self._arenas: OrderedDict = OrderedDict()
         self.allocations = 0     # buffers the memory plans created (tests read it)
 
@@ -54,7 +57,7 @@ class ExecutionPlan:
             env[s] = arr
         for name, s in self.input_slots:
             env[s] = feeds[name]
-        sig = tuple((name, feeds[name].shape, feeds[name].dtype.str) for name, _ in self.input_slots)
+        sig = self._signature(feeds)
         arena = self._arenas.get(sig)
         if arena is None:
             # the backend may treat this run's buffers as temporaries (CudaBackend.transient: keep no GEMM plan)
@@ -66,14 +69,26 @@ class ExecutionPlan:
         else:
             self._arenas.move_to_end(sig)
             self._execute(env, arena)
+        return self.select([env[s] for s in self.output_slots], output_names)
+
+    def select(self, outputs: list, output_names=None) -> list:
+        """The graph's outputs (in graph order) picked by name (None: all)."""
         if output_names is None:
-            return [env[s] for s in self.output_slots]
+            return outputs
         out = []
         for name in output_names:
             if name not in self.output_names:
                 raise InputError(f"unknown output name {name!r}; the model's outputs are {self.output_names}")
-            out.append(env[self.output_slots[self.output_names.index(name)]])
+            out.append(outputs[self.output_names.index(name)])
         return out
+
+    def _signature(self, feeds) -> tuple:
+        return tuple((name, tuple(feeds[name].shape), feeds[name].dtype.str) for name, _ in self.input_slots)
+
+    def arena(self, feeds) -> list | None:
+        """The memory plan of the feeds' signature (per step: the out= buffers of a kernel op, None for fallback
+        ops and for graph outputs), or None until a run has traced that signature."""
+        return self._arenas.get(self._signature(feeds))
 
     def _execute(self, env: list, arena):
         """Run every step. Values are dropped after their last reader, so the first run of a signature (which
@@ -82,6 +97,7 @@ class ExecutionPlan:
         trace = [] if arena is None else None
         if trace is not None:
             self._alias = {}
+            self._columns = {}
         keep = set(self.output_slots)
         for i, (op, (ins, outs)) in enumerate(zip(self.ops, self.steps)):
             args = [None if s is None else env[s] for s in ins]
@@ -101,6 +117,10 @@ class ExecutionPlan:
                 trace.append([(r.shape, r.dtype) if _is_array(r) else None for r in results])
                 if op.fallback:
                     self._note_aliases(env, ins, outs)
+                elif len(results) > 1 and getattr(self.backend, "column_outputs", False):
+                    layout = _column_layout(results)
+                    if layout is not None:
+                        self._columns[i] = layout
             for s in ins:  # drop what no later step reads
                 if s is not None and self.last_use.get(s) == i and s not in keep:
                     env[s] = None
@@ -122,6 +142,15 @@ class ExecutionPlan:
                     alias[s] = base
                     break
 
+    def _take(self, free: dict, key: str, n: int, dtype):
+        """The smallest free flat block of `key` dtype holding n elements (best fit), or a new one."""
+        pool = free.setdefault(key, [])
+        fit = next((j for j, b in enumerate(pool) if b.shape[0] >= n), None)
+        if fit is not None:
+            return pool.pop(fit)
+        self.allocations += 1
+        return self.backend.empty((max(n, 1),), dtype)
+
     def _plan_memory(self, trace) -> list:
         """Per step, the out= buffers of a kernel op (None for fallback ops). Buffers are flat blocks of one dtype,
         handed out best-fit by size and viewed as the value's shape, and a block returns to the free list after
@@ -142,6 +171,18 @@ class ExecutionPlan:
             if op.fallback or any(t is None for t in trace[i]):
                 plan.append(None)
                 continue
+            layout = self._columns.get(i)
+            if layout is not None and not any(s in outputs for s in outs):
+                # outputs that were column blocks of one [M, N] array (a split Linear's q/k/v): one block again,
+                # so the GEMM writes them in place; it lives until the last reader of any of them
+                (M, N), offsets = layout
+                key = np.dtype(trace[i][0][1]).str
+                block = self._take(free, key, M * N, trace[i][0][1])
+                base = block[:M * N].reshape(M, N)
+                plan.append([base[:, o:o + shape[-1]].reshape(shape) for o, (shape, _) in zip(offsets, trace[i])])
+                last = max(end.get(s, i) for s in outs)
+                releases.setdefault(last + 1, []).append((key, block))
+                continue
             bufs = []
             for s, (shape, dtype) in zip(outs, trace[i]):
                 if s in outputs:
@@ -149,17 +190,40 @@ class ExecutionPlan:
                     continue
                 key = np.dtype(dtype).str
                 n = int(np.prod(shape, dtype=np.int64))
-                pool = free.setdefault(key, [])
-                fit = next((j for j, b in enumerate(pool) if b.shape[0] >= n), None)
-                if fit is None:
-                    block = self.backend.empty((max(n, 1),), dtype)
-                    self.allocations += 1
-                else:
-                    block = pool.pop(fit)
+                block = self._take(free, key, n, dtype)
                 bufs.append(block[:n].reshape(shape))
                 releases.setdefault(end.get(s, i) + 1, []).append((key, block))
             plan.append(bufs)
         return plan
+
+
+def _column_layout(results):
+    """((M, N), column offsets) when the arrays are column blocks [M, o:o+n] (reshaped) of one C-contiguous
+    [M, N] array, in order and covering it; else None."""
+    bases = []
+    for r in results:
+        b = r
+        while getattr(b, "base", None) is not None:
+            b = b.base
+        bases.append(b)
+    base = bases[0]
+    if not _is_array(base) or any(b is not base for b in bases) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    M, N = base.shape
+    start = _data_ptr(base)
+    offsets, o = [], 0
+    for r in results:
+        n = r.shape[-1]
+        if _data_ptr(r) != start + o * base.dtype.itemsize or r.size != M * n or r.strides[-1] != base.itemsize:
+            return None
+        offsets.append(o)
+        o += n
+    return ((M, N), offsets) if o == N else None
+
+
+def _data_ptr(x) -> int:
+    cai = getattr(x, "__cuda_array_interface__", None)
+    return int(cai["data"][0]) if cai is not None else int(x.__array_interface__["data"][0])
 
 
 def _is_array(x) -> bool:

@@ -41,6 +41,7 @@ class Session:
         self.plan = self._make_plan(graph)
         self._generator = None
         self._packed = None          # (plan,) of the packed encoder graph, built on first use
+        self._captured = None        # CUDA: CapturedRuns (Session.run of repeated signatures on fixed buffers)
         self.stats = {"runs": 0, "packed_runs": 0}
 
     def _make_plan(self, graph: Graph) -> ExecutionPlan:
@@ -76,7 +77,13 @@ class Session:
                 self.stats["packed_runs"] += 1
                 plan = self._packed_plan()
                 feeds = {**feeds, INDEX: np.flatnonzero(mask.reshape(-1)).astype(np.int64)}
-        outs = plan.run(feeds, output_names)
+        if self.device == "cuda":     # a repeated signature runs on fixed buffers, as one CUDA graph on a GPU
+            if self._captured is None:
+                from eetjit.runtime.cuda_graph import CapturedRuns
+                self._captured = CapturedRuns(self.backend)
+            outs = self._captured.run(plan, feeds, output_names)
+        else:
+            outs = plan.run(feeds, output_names)
         to_host = getattr(self.backend, "to_host", None)     # the CUDA backend hands back device arrays
         return outs if to_host is None else [to_host(o) for o in outs]
 

@@ -24,7 +24,7 @@ def cases(quick=False):
         if quick:
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("has_ids"), c[2].get("advance"),
-                   c[2].get("to_batch"))
+                   c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -82,18 +82,22 @@ def _cases():
             yield dt, "sample", dict(threads=512, has_ids=has_ids, advance=advance), \
                 [a2, "float32[::1]", "float32", "int64", "float32", "int64[::1]", "int64[:, ::1]", "int64[:, ::1]",
                  "int64[::1]"]
-        for to_batch in (True, False):
-            yield dt, "heads_batch", dict(heads=12, kv_heads=4, head_dim=64, scale=0.125, to_batch=to_batch,
-                                          threads=64), [f"{S}[:, :, :]" if to_batch else a3, a3]
-        yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="cache", threads=256), \
-            ["float32[:, ::1]", "int64[::1]", "int64[::1]", "int64", a2]
-        for causal in (False, True):
-            yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="bshd", causal=causal, threads=256), \
-                ["float32[:, ::1]", "int64[:, ::1]", "int64", a2]
+        sc = "float16[:, ::1]" if dt == "float16" else "float32[:, ::1]"      # the scores' type (_gemm_attention)
+        for cols, threads in ((0, 256), (1, 128), (16, 128), (64, 128)):
+            warp = dict(cols=cols, lanes=32) if cols else dict(cols=0)
+            yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="cache", threads=threads, **warp), \
+                [sc, "int64[::1]", "int64[::1]", "int64", a2]
+            for causal in (False, True):
+                yield dt, "attention_softmax", dict(heads=12, kv_heads=4, layout="bshd", causal=causal,
+                                                    threads=threads, **warp), \
+                    [sc, "int64[:, ::1]", "int64", a2]
         yield dt, "last_token", dict(threads=256), [f"{S}[:, :, :]", a3]
+        for scatter in (False, True):
+            yield dt, "pack_rows", dict(scatter=scatter, threads=128), [a2, "int64[::1]", a2]
         for advance in (False, True):
             yield dt, "argmax", dict(advance=advance, threads=512), \
                 [a2, "int64[::1]", "int64[:, ::1]", "int64[:, ::1]", "int64[::1]"]
+    yield "float32", "pad_info", dict(threads=64), ["int64[:, ::1]", "int64[:, ::1]"]
 
 
 def main(argv=None) -> int:

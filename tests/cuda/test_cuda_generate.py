@@ -76,6 +76,10 @@ def test_gpu_greedy_tokens_match_hugging_face_and_the_cpu(family):
     # a second call replays the same graph (same batch size), a smaller batch gets its own
     assert sess.generate(PROMPTS, max_new_tokens=n) == want
     assert sess.generate(PROMPTS[:1], max_new_tokens=n) == [want[0]]
+    # the third prompt pass of one shape is a graph replay, with the same tokens
+    assert sess.generate(PROMPTS, max_new_tokens=n) == want
+    pp = sess._generator.prompts[(len(PROMPTS), max(map(len, PROMPTS)))]
+    assert pp.runs == 3 and pp.graph is not None and pp.capture_failed is None
 
 
 @pytest.mark.gpu
@@ -136,6 +140,29 @@ def test_gpu_long_context_decode():
     assert [len(o) for o in out] == [108, 10]
 
 
+def test_sim_repeated_prompt_shape_runs_on_fixed_buffers():
+    """The second prompt pass of one (batch, length) runs on the buffers of the plan's memory plan (what a GPU
+    then captures as a graph): the same tokens, no op allocates or copies from the host while `capturing`, and
+    different prompts of that shape give their own tokens."""
+    if not SIMULATED:
+        pytest.skip("simulator run")
+    cpu = _session("gpt2", "cpu")
+    sess = _session("gpt2", "cuda")
+    other = [[9, 8, 7, 6, 5], [3, 3]]
+    want, want_other = cpu.generate(PROMPTS[:2], max_new_tokens=2), cpu.generate(other, max_new_tokens=2)
+    assert sess.generate(PROMPTS[:2], max_new_tokens=2) == want
+    assert sess.generate(other, max_new_tokens=2) == want_other
+    pp = sess._generator.prompts[(2, 5)]
+    assert pp.runs == 2 and pp.bufs is not None
+    dev = sess.backend.dev
+    dev.capturing = True
+    try:
+        pp._collecting(lambda: pp._execute(pp.bufs))
+    finally:
+        dev.capturing = False
+    assert sess.generate(PROMPTS[:2], max_new_tokens=2) == want
+
+
 def test_sim_decode_step_allocates_nothing_once_warm():
     """The capture invariant, checked without a GPU: handed its fixed buffers, no op of the decode step allocates
     or copies from the host (Device raises CaptureError while `capturing`), even after prompt passes of other
@@ -143,7 +170,7 @@ def test_sim_decode_step_allocates_nothing_once_warm():
     if not SIMULATED:
         pytest.skip("simulator run")
     sess = _session("gpt2", "cuda")              # the TorchScript export: plain ONNX view ops in the step too
-    sess.generate(PROMPTS[:2], max_new_tokens=2)              # prompt pass + warm-up of the B=2 step
+    sess.generate(PROMPTS[:2], max_new_tokens=3)              # prompt pass + the B=2 step's two eager runs
     sess.generate([[3, 4, 5, 6, 7, 8, 9], [12]], max_new_tokens=1)     # prompt passes of other shapes
     step = sess._generator.steps[2]
     dev = sess.backend.dev
