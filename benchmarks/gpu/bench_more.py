@@ -415,6 +415,19 @@ def sec_bert(args) -> dict:
                 sess.backend.synchronize()
             res["eetjit_device_ms"], _ = _times_ms(run_dev, warm, reps)
             _log(f"[bert] eetjit packed plan, no host copy: {res['eetjit_device_ms']:.3f} ms")
+            if not args.tiny:      # each kernel op captured alone: device time per op type
+                from eetjit.runtime.cuda_graph import CapturedPlan
+                from profile_prompt import op_type_totals
+                cp = CapturedPlan(plan, sess.backend, f2, what="packed BERT")
+                cp.run()
+                cp.run()
+                rows = cp.profile(repeats=5)
+                res["eetjit_ops_device_ms"] = sum(ms for _, _, ms in rows if ms == ms)
+                res["eetjit_ops"] = op_type_totals(rows)
+                _log(f"[bert] kernel ops alone (device): {res['eetjit_ops_device_ms']:.3f} ms; " + ", ".join(
+                    f"{k} {ms:.2f} ({n})" for k, ms, n in res["eetjit_ops"][:8]) +
+                    f"; not capturable alone: {sum(1 for r in rows if r[2] != r[2])}; graph: "
+                    f"{'captured' if cp.graph is not None else cp.capture_failed}")
     except Exception as e:  # noqa: BLE001
         _log(f"[bert] device-only timing failed: {type(e).__name__}: {e}")
     _flush_partial(args, res)

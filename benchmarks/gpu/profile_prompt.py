@@ -1,12 +1,14 @@
 """Where the prompt pass spends its time and memory (GPU): GPT-2 small float16, eetjit's prompt pass (the
-generation plan run once over the left-padded batch) timed op by op with CUDA events, totals per op type,
-against Hugging Face's forward of the same weights in the same process; then the peak memory of a whole
-generate (batch 32, prompt 512, 128 new tokens) for both.
+generation plan run once over the left-padded batch) timed three ways, against Hugging Face's forward of the same
+weights in the same process; then the peak memory of a whole generate (batch 32, prompt 512, 128 new tokens) for
+both.
 
     python benchmarks/gpu/profile_prompt.py --model MODEL_DIR/gpt2-ts17-eager.onnx [--batch 8 --prompt 512]
 
-Per-op events are recorded on the session's stream without synchronizing between ops, so the total is the
-device time of the pass (the host may run ahead); the wall time of the same pass is printed beside it.
+The three timings: eager (the plan launching op by op from Python, then a synchronize; beside it the host's
+enqueue time alone), as one captured CUDA graph (the generator's PromptPass from its third run: device time by
+events, and wall), and every kernel op captured alone and replayed (device time per op, summed per op type), so
+host launch cost and kernel time are told apart.
 Memory: eetjit = the rise of cudaMemGetInfo's used bytes over the process (CuPy pool included: what another
 process could not use), and the CuPy pool's peak bytes in use, sampled after every op; HF = torch's
 max_memory_allocated / max_memory_reserved around its generate.
@@ -33,60 +35,60 @@ def used_bytes() -> int:
     return total - free
 
 
+def op_type_totals(rows) -> list[tuple[str, float, int]]:
+    """(op type, total ms, count) from CapturedPlan.profile rows, largest first (ops that could not be captured
+    alone: NaN, left out of the totals)."""
+    totals, counts = defaultdict(float), defaultdict(int)
+    for kind, _, ms in rows:
+        if ms == ms:
+            totals[kind] += ms
+            counts[kind] += 1
+    return sorted(((k, v, counts[k]) for k, v in totals.items()), key=lambda r: -r[1])
+
+
 def profile_prompt(sess, B, P, repeats=5):
-    """(rows [(op type, ms)], wall ms, device ms) for the prompt pass of B prompts of P tokens."""
+    """Timings of the prompt pass of B prompts of P tokens (ms): dict with `eager` (the plan launched op by op,
+    then synchronized), `enqueue` (the host's part of that: until the last launch returns), `graph` (the same pass
+    as one captured CUDA graph: the device time), `ops_device` (sum of each op captured alone) and `ops` rows."""
     import cupy
-    from eetjit.plan.generation import POSITIONS, START, STEP
     gen = sess._generator
-    plan = gen.plan
     rng = np.random.default_rng(0)
     ids = rng.integers(10, sess.structure.vocab, (B, P)).astype(np.int64)
     pad = np.zeros(B, np.int64)
     positions = np.broadcast_to(np.arange(P, dtype=np.int64), (B, P)).copy()
-    caches = {k: v[:B] for k, v in gen.caches.items()}
-    feeds = {gen.gen.input_ids: ids, POSITIONS: positions, START: pad, STEP: np.array([0], np.int64), **caches}
+    pp = gen.prompt_pass(B, P)
+    for _ in range(3):                      # trace, eager on the fixed buffers + capture, replay
+        pp(ids, positions, pad)
     stream = sess.backend.dev.stream
-    for _ in range(2):
-        plan.run(feeds)
     stream.synchronize()
-    walls = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        plan.run(feeds)
-        stream.synchronize()
-        walls.append((time.perf_counter() - t) * 1e3)
-    # op by op: wrap each prepared op with a pair of events
-    original = list(plan.ops)
-    events = []
 
-    class Timed:
-        def __init__(self, op):
-            self.op, self.node, self.fallback = op, op.node, op.fallback
-
-        def __call__(self, inputs, out=None):
-            a, b = cupy.cuda.Event(), cupy.cuda.Event()
-            a.record(stream)
-            r = self.op(inputs, out)
-            b.record(stream)
-            events.append((self.node.op_type, a, b))
-            return r
-
-    plan.ops = [Timed(op) for op in original]
-    try:
-        totals = defaultdict(list)
+    def timed(fn, sync=True):
+        out = []
         for _ in range(repeats):
-            events.clear()
-            plan.run(feeds)
             stream.synchronize()
-            per = defaultdict(float)
-            for kind, a, b in events:
-                per[kind] += cupy.cuda.get_elapsed_time(a, b)
-            for kind, ms in per.items():
-                totals[kind].append(ms)
-    finally:
-        plan.ops = original
-    rows = sorted(((k, statistics.median(v)) for k, v in totals.items()), key=lambda r: -r[1])
-    return rows, statistics.median(walls), sum(ms for _, ms in rows)
+            t = time.perf_counter()
+            fn()
+            if sync:
+                stream.synchronize()
+            out.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(out)
+    res = dict(eager=timed(lambda: pp.plan.run(pp.feeds)), enqueue=timed(lambda: pp.plan.run(pp.feeds), sync=False))
+    if pp.graph is not None:
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record(stream)
+        for _ in range(repeats):
+            pp.run()
+        b.record(stream)
+        b.synchronize()
+        res["graph"] = cupy.cuda.get_elapsed_time(a, b) / repeats
+        res["graph_wall"] = timed(pp.run)
+    else:
+        res["graph"] = res["graph_wall"] = float("nan")
+        print(f"prompt pass not captured: {pp.capture_failed}")
+    rows = pp.profile(repeats)
+    res["ops"] = rows
+    res["ops_device"] = sum(ms for _, _, ms in rows if ms == ms)
+    return res
 
 
 def hf_forward_ms(model, B, P, vocab, repeats=5):
@@ -135,11 +137,13 @@ def main():
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(22)
         return
-    rows, wall, device = profile_prompt(sess, args.batch, args.prompt)
-    print(f"eetjit prompt pass {args.batch} x {args.prompt}: wall {wall:.2f} ms, device (sum of ops) {device:.2f} ms")
-    for kind, ms in rows:
-        print(f"  {kind:<20} {ms:8.3f} ms")
-
+    res = profile_prompt(sess, args.batch, args.prompt)
+    wall = res["eager"]
+    print(f"eetjit prompt pass {args.batch} x {args.prompt} (ms): eager {res['eager']:.2f} (host enqueue "
+          f"{res['enqueue']:.2f}), as one graph {res['graph']:.2f} device / {res['graph_wall']:.2f} wall, "
+          f"sum of ops alone {res['ops_device']:.2f}")
+    for kind, ms, n in op_type_totals(res["ops"]):
+        print(f"  {kind:<20} {ms:8.3f} ms  ({n} ops, {ms / n * 1e3:.1f} us each)")
     # memory of one whole generate at the memory size
     pool = cupy.get_default_memory_pool()
     rng = np.random.default_rng(1)
@@ -152,7 +156,9 @@ def main():
           f"{args.mem_prompt} + {args.mem_new}: {eet_used / 2**20:.0f} MiB (pool held {eet_pool_total / 2**20:.0f}, "
           f"in use {eet_pool_used / 2**20:.0f})")
     result = dict(prompt_batch=args.batch, prompt_len=args.prompt, eetjit_prompt_wall_ms=wall,
-                  eetjit_prompt_device_ms=device, eetjit_prompt_ops=rows, eetjit_mem_after_compile=after_compile,
+                  eetjit_prompt_graph_ms=res["graph"], eetjit_prompt_graph_wall_ms=res["graph_wall"],
+                  eetjit_prompt_enqueue_ms=res["enqueue"], eetjit_prompt_ops_device_ms=res["ops_device"],
+                  eetjit_prompt_ops=res["ops"], eetjit_mem_after_compile=after_compile,
                   eetjit_mem_after_generate=eet_used, eetjit_pool_total=eet_pool_total)
 
     try:
