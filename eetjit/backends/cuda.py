@@ -633,8 +633,9 @@ class CudaBackend:
             if self.dev.simulated:
                 # per head, one strided batched GEMM over the sequences (NumPy here: the same products)
                 for h in range(H):
-                    self._batched(q[b0:b1, :, h * D:(h + 1) * D], _head(k_all, layout, b0, b1, h // rep, D),
-                                  scores[:, h], transpose_b=True, alpha=scale)
+                    self._batched.simulate(q[b0:b1, :, h * D:(h + 1) * D],
+                                           _head(k_all, layout, b0, b1, h // rep, D), scores[:, h],
+                                           transpose_b=True, alpha=scale)
             else:   # every (sequence, head) of the chunk in one pointer-array batched GEMM
                 q_ptrs, k_ptrs, s_ptrs = _head_pointers(q, k_all, scores, layout, b0, b1, H, rep, D)
                 ld_q, ld_k, ld_s = _lds(q, k_all, scores, layout)
@@ -646,8 +647,8 @@ class CudaBackend:
                             probs.reshape(rows, T))
             if self.dev.simulated:
                 for h in range(H):
-                    self._batched(probs[:, h], _head(v_all, layout, b0, b1, h // rep, D),
-                                  y[b0:b1, :, h * D:(h + 1) * D])
+                    self._batched.simulate(probs[:, h], _head(v_all, layout, b0, b1, h // rep, D),
+                                           y[b0:b1, :, h * D:(h + 1) * D])
             else:
                 y_ptrs, v_ptrs, p_ptrs = _head_pointers(y, v_all, probs, layout, b0, b1, H, rep, D)
                 ld_y, ld_v, ld_p = _lds(y, v_all, probs, layout)

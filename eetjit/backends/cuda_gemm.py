@@ -105,10 +105,10 @@ _GEMM_DEFAULT = -1
 
 
 class BatchedGemm:
-    """Batched GEMMs of attention through nvmath's cuBLAS bindings, float32 accumulation, the output in float32 or
-    the storage type: `__call__` for row-major 3-D arrays whose batch is one uniform stride
-    (cublasGemmStridedBatchedEx; NumPy in the simulator), `by_pointers` for matrices at arbitrary addresses
-    (cublasGemmBatchedEx; GPU only: the prompt/encoder attention's every (sequence, head) in one call)."""
+    """Batched GEMMs of attention through nvmath's cuBLAS bindings (cublasGemmBatchedEx), float32 accumulation,
+    the output in float32 or the storage type: `by_pointers` multiplies matrices at arbitrary addresses (the
+    prompt/encoder attention's every (sequence, head) in one call); `simulate` is its NumPy stand-in for the
+    CUDA simulator, which has no addresses."""
 
     def __init__(self, device: Device):
         self.device = device
@@ -116,17 +116,6 @@ class BatchedGemm:
         self._alphas: dict[float, np.ndarray] = {}      # host scalars cuBLAS reads at launch (kept alive here)
         self._zero = np.array(0.0, np.float32)
         self._pointer_arrays: OrderedDict = OrderedDict()   # (A, B, C addresses) -> their device copy
-
-    def _ready(self, alpha):
-        """The cuBLAS handle on the device's stream; alpha as a host float32 that outlives the launch."""
-        from nvmath.bindings import cublas
-        if self._handle is None:
-            self._handle = cublas.create()
-        cublas.set_stream(self._handle, self.device.stream.ptr)
-        a = self._alphas.get(alpha)
-        if a is None:
-            a = self._alphas[alpha] = np.array(alpha, np.float32)
-        return a
 
     def by_pointers(self, a_ptrs, b_ptrs, c_ptrs, M, N, K, lda, ldb, ldc, like, transpose_b=False,
                     alpha=1.0) -> None:
@@ -149,38 +138,24 @@ class BatchedGemm:
         else:
             self._pointer_arrays.move_to_end(key)
         self.device.keep(table)
-        a = self._ready(alpha)
+        if self._handle is None:
+            self._handle = cublas.create()
+        cublas.set_stream(self._handle, self.device.stream.ptr)
+        a = self._alphas.get(alpha)
+        if a is None:
+            a = self._alphas[alpha] = np.array(alpha, np.float32)     # cuBLAS reads it at launch: kept alive
         n, base = len(a_ptrs), table.data.ptr
         ta, tb, tc = (_CUDA_TYPE[_name(x)] for x in like)
         cublas.gemm_batched_ex(self._handle, 1 if transpose_b else 0, 0, N, M, K, a.ctypes.data,
                                base, tb, ldb, base + 8 * n, ta, lda, self._zero.ctypes.data,
                                base + 16 * n, tc, ldc, n, _COMPUTE_32F, _GEMM_DEFAULT)
 
-    def __call__(self, A, B, C, transpose_b=False, alpha=1.0) -> None:
-        """C[i] (M, N) = alpha * A[i] (M, K) @ (B[i]^T if transpose_b else B[i]); each a 3-D array (any strides
-        on the first two axes, e.g. one head's columns of [B, S, H*D]) with unit stride on its last axis (B[i] is
-        (N, K) when transposed)."""
-        if self.device.simulated:
-            Bm = np.asarray(B, np.float32)
-            prod = np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)
-            C[...] = (np.float32(alpha) * prod).astype(C.dtype)
-            return
-        from nvmath.bindings import cublas
-        a = self._ready(alpha)
-        batch, M, K = A.shape
-        N = C.shape[2]
-        item = lambda x: x.dtype.itemsize        # noqa: E731
-        ld = lambda x: x.strides[1] // item(x) if x.shape[1] > 1 else x.shape[2]   # noqa: E731
-        bs = lambda x: x.strides[0] // item(x) if x.shape[0] > 1 else 0   # noqa: E731
-        for x in (A, B, C):
-            if x.strides[2] != item(x):
-                raise ValueError("batched GEMM operands need a unit stride on their last axis")
-        # Row-major C = A @ op(B) is column-major C^T = op(B)^T @ A^T: cuBLAS's "A" is our B, its "B" is our A.
-        cublas.gemm_strided_batched_ex(
-            self._handle, 1 if transpose_b else 0, 0, N, M, K, a.ctypes.data,
-            B.data.ptr, _CUDA_TYPE[_name(B)], ld(B), bs(B),
-            A.data.ptr, _CUDA_TYPE[_name(A)], ld(A), bs(A), self._zero.ctypes.data,
-            C.data.ptr, _CUDA_TYPE[_name(C)], ld(C), bs(C), batch, _COMPUTE_32F, _GEMM_DEFAULT)
+    def simulate(self, A, B, C, transpose_b=False, alpha=1.0) -> None:
+        """The simulator's stand-in for by_pointers: C[i] (M, N) = alpha * A[i] (M, K) @ (B[i]^T if transpose_b
+        else B[i]) on 3-D NumPy arrays (views of the same blocks the GPU addresses), float32 accumulation."""
+        Bm = np.asarray(B, np.float32)
+        prod = np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)
+        C[...] = (np.float32(alpha) * prod).astype(C.dtype)
 
 
 def _name(x) -> str:

@@ -253,7 +253,8 @@ class CapturedRuns:
         key = (id(plan), plan._signature(feeds))
         cp = self.plans.get(key)
         if cp is None or cp.plan is not plan:
-            staged = {name: self.backend.empty(np.shape(feeds[name]), feeds[name].dtype) for name, _ in plan.input_slots}
+            staged = {name: self.backend.empty(np.shape(feeds[name]), feeds[name].dtype)
+                      for name, _ in plan.input_slots}
             cp = self.plans[key] = CapturedPlan(plan, self.backend, staged, what="Session.run")
             if len(self.plans) > self.MAX_PLANS:
                 self.plans.popitem(last=False)

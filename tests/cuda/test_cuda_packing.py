@@ -3,7 +3,6 @@
 repeated input signature runs on fixed buffers (one CUDA graph on a GPU) and must give the CPU session's outputs.
 """
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,13 +72,10 @@ def _bert_feeds(rng, B, S, vocab, lens=None):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
 
-@pytest.mark.parametrize("where_", [pytest.param("sim", id="sim"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)])
-def test_repeated_packed_bert_runs_match_the_cpu(where_):
+def test_repeated_packed_bert_runs_match_the_cpu(where):
     """Session.run of one signature three times (trace; fixed buffers, captured on a GPU; replay), with different
     values each time, and a fourth batch of another signature in between: each equals the CPU session's output
     on its real tokens."""
-    if (where_ == "sim") != SIMULATED:
-        pytest.skip("simulator run" if where_ == "sim" else "needs a GPU (run with -m gpu there)")
     path = str(graphs_dir() / "bert-ts17-eager.onnx")
     cpu = eetjit.compile(path, device="cpu", verbose=False)
     gpu = eetjit.compile(path, device="cuda", dtype="float32", verbose=False, max_batch=4, max_seq_len=16)
