@@ -235,6 +235,18 @@ class PromptPass(CapturedPlan):
         return self.run()[0]
 
 
+def _kept(table: OrderedDict, key, make, limit: int):
+    """table[key], made by make() when missing; the table keeps the `limit` most recently used."""
+    item = table.get(key)
+    if item is None:
+        item = table[key] = make()
+        if len(table) > limit:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return item
+
+
 class CapturedRuns:
     """Session.run on the CUDA backend: the first run of a (plan, input signature) is the plan's eager run (it
     traces the memory plan); from the second on, the feeds are copied into device buffers of that signature and the
@@ -250,24 +262,23 @@ class CapturedRuns:
     def run(self, plan, feeds: dict, output_names=None) -> list:
         if plan.arena(feeds) is None:
             return plan.run(feeds, output_names)
-        key = (id(plan), plan._signature(feeds))
-        cp = self.plans.get(key)
-        if cp is None or cp.plan is not plan:
+        def make():
             staged = {name: self.backend.empty(np.shape(feeds[name]), feeds[name].dtype)
                       for name, _ in plan.input_slots}
-            cp = self.plans[key] = CapturedPlan(plan, self.backend, staged, what="Session.run")
-            if len(self.plans) > self.MAX_PLANS:
-                self.plans.popitem(last=False)
-        else:
-            self.plans.move_to_end(key)
+            return CapturedPlan(plan, self.backend, staged, what="Session.run")
+        key = (id(plan), plan._signature(feeds))
+        if key in self.plans and self.plans[key].plan is not plan:      # an id reused by a newer plan
+            del self.plans[key]
+        cp = _kept(self.plans, key, make, self.MAX_PLANS)
         for name, buf in cp.feeds.items():
             self.backend.dev.set(buf, feeds[name])
         return plan.select(cp.run(), output_names)
 
 
 class CudaGenerator(Generator):
-    """Generator for device="cuda": the prompt pass runs eagerly through the plan, the decode steps through a
-    DecodeStep per batch size (captured as a CUDA graph), tokens are picked on the device (greedy or sampled)."""
+    """Generator for device="cuda": the prompt pass through a PromptPass per (batch, prompt length), the decode
+    steps through a DecodeStep per batch size (each captured as a CUDA graph once repeated), tokens picked on the
+    device (greedy or sampled)."""
 
     def __init__(self, session):
         super().__init__(session)
@@ -276,27 +287,15 @@ class CudaGenerator(Generator):
         self.prompts: OrderedDict[tuple[int, int], PromptPass] = OrderedDict()
 
     def prompt_pass(self, B: int, P: int) -> PromptPass:
-        key = (B, P)
-        pp = self.prompts.get(key)
-        if pp is None:
-            caches = {k: v[:B] for k, v in self.caches.items()}
-            pp = self.prompts[key] = PromptPass(self.plan, self.backend, self.gen.input_ids, B, P, caches)
-            if len(self.prompts) > MAX_PROMPT_PASSES:
-                self.prompts.popitem(last=False)
-        else:
-            self.prompts.move_to_end(key)
-        return pp
+        return _kept(self.prompts, (B, P), lambda: PromptPass(self.plan, self.backend, self.gen.input_ids, B, P,
+                                                              self._caches(B)), MAX_PROMPT_PASSES)
 
     def decode_step(self, B: int) -> DecodeStep:
-        step = self.steps.get(B)
-        if step is None:
-            caches = {k: v[:B] for k, v in self.caches.items()}
-            step = self.steps[B] = DecodeStep(self.plan, self.backend, self.gen.input_ids, B, caches)
-            if len(self.steps) > MAX_DECODE_STEPS:
-                self.steps.popitem(last=False)
-        else:
-            self.steps.move_to_end(B)
-        return step
+        return _kept(self.steps, B, lambda: DecodeStep(self.plan, self.backend, self.gen.input_ids, B,
+                                                       self._caches(B)), MAX_DECODE_STEPS)
+
+    def _caches(self, B: int) -> dict:
+        return {k: v[:B] for k, v in self.caches.items()}
 
     def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                eos_token_id=None) -> Iterator[list]:
