@@ -7,10 +7,11 @@ from collections import defaultdict
 import numpy as np
 
 
-def eetjit_session(path, device: str, max_batch: int, max_seq_len: int = 1024):
+def eetjit_session(path, device: str, max_batch: int, max_seq_len: int = 1024, dtype: str = "float32"):
     import eetjit
     t = time.perf_counter()
-    sess = eetjit.compile(str(path), device=device, max_batch=max_batch, max_seq_len=max_seq_len, verbose=False)
+    sess = eetjit.compile(str(path), device=device, dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len,
+                          verbose=False)
     return sess, time.perf_counter() - t
 
 

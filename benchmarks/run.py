@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", default=None, help="comma list (default forward 1,4; generate 1,8)")
     p.add_argument("--families", default="gpt2,bert", help="forward: comma list of gpt2,bert")
     p.add_argument("--hf-attn", default="sdpa,eager", help="generate: HF attention implementations to run")
+    p.add_argument("--dtypes", default="float32,float16",
+                   help="generate: eetjit session dtypes to run (on the CPU a 16-bit dtype stores the GEMM weights "
+                        "in 16 bits; activations stay float32)")
+    p.add_argument("--hf-bf16", default="sdpa", help="generate: HF attention implementations to run also with "
+                   "bfloat16 weights and activations (PyTorch's fastest CPU dtype here; empty: none)")
     p.add_argument("--no-compile", action="store_true", help="forward: skip the cold/warm compile subprocesses")
     p.add_argument("--no-profile", action="store_true", help="forward: skip eetjit's per-op breakdown")
     p.add_argument("--no-chart", action="store_true")
@@ -55,6 +60,8 @@ def _suite_args(args, suite: str) -> argparse.Namespace:
         a.no_compile = True
     a.families = [f.strip() for f in args.families.split(",") if f.strip()]
     a.hf_attn = [x.strip() for x in args.hf_attn.split(",") if x.strip()]
+    a.dtypes = [x.strip() for x in args.dtypes.split(",") if x.strip()]
+    a.hf_bf16 = [x.strip() for x in args.hf_bf16.split(",") if x.strip()]
     return a
 
 

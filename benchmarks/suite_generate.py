@@ -1,7 +1,12 @@
 """`generate`: greedy generation with GPT-2 small (random weights), batch 1 and 8, prompts of up to 32 tokens
 (left-padded), 32 new tokens: eetjit's pre-padding generation over its KV cache vs Hugging Face `generate` with
 PyTorch (same weights, left padding + attention mask, its default KV cache). Also eetjit's prompt pass and
-per-step decode time, measured separately (streaming)."""
+per-step decode time, measured separately (streaming).
+
+eetjit runs once per `--dtypes` entry: float32, and float16/bfloat16, which on the CPU store the GEMM weights in
+16 bits (activations float32). HF runs in float32 (`--hf-attn`) and, as its fastest CPU setting here, in
+bfloat16 (`--hf-bf16`). Greedy tokens are checked: float32 eetjit against float32 HF; a 16-bit eetjit session
+against HF float32 on the same rounded GEMM weights (graphs/export.py `round_gemm_weights`)."""
 from __future__ import annotations
 
 import time
@@ -68,13 +73,27 @@ def eetjit_steps(sess, prompts, reps: int) -> dict:
             "median_per_step_s": steps.tolist(), "n": reps}
 
 
+def eetjit_name(dtype: str) -> str:
+    return f"eetjit-{dtype}"
+
+
 def run(args) -> dict:
+    import torch
     rng = np.random.default_rng(args.seed)
     path = C.model_path("gpt2")
-    C.log("[generate] compiling eetjit, building the Hugging Face models ...")
-    sess, compile_s = P.eetjit_session(path, args.device, max_batch=max(args.batches), max_seq_len=1024)
-    vocab = sess.structure.vocab
+    dtypes = getattr(args, "dtypes", None) or ["float32"]
+    C.log(f"[generate] compiling eetjit ({', '.join(dtypes)}), building the Hugging Face models ...")
+    sessions, compile_s = {}, {}
+    for d in dtypes:
+        sessions[d], compile_s[d] = P.eetjit_session(path, args.device, max_batch=max(args.batches),
+                                                     max_seq_len=1024, dtype=d)
+    vocab = sessions[dtypes[0]].structure.vocab
     models = {f"hf-{a}": C.torch_model("gpt2", a).to(args.device) for a in args.hf_attn}
+    for a in getattr(args, "hf_bf16", []):
+        models[f"hf-{a}-bf16"] = C.torch_model("gpt2", a).to(args.device, torch.bfloat16)
+    # the weights a 16-bit eetjit session computes with, in a float32 HF model: its greedy tokens must be equal
+    rounded = {d: C.export_module().round_gemm_weights(C.torch_model("gpt2", "sdpa"), d).to(args.device)
+               for d in dtypes if d != "float32"}
     pad_id = 50256
     cases = []
     for batch in args.batches:
@@ -82,53 +101,60 @@ def run(args) -> dict:
         runners = {}
         for name, m in models.items():
             runners[name], width = hf_generate(m, prompts, pad_id, args.device)
-        # correctness: greedy tokens must match HF's
-        ours = sess.generate(prompts, max_new_tokens=NEW)
-        check = {}
-        for name, fn in runners.items():
-            out = fn()
-            theirs = [out[b, width:].tolist() for b in range(batch)]
-            mine = [s[len(p):] for s, p in zip(ours, prompts)]
-            check[f"tokens_equal_{name}"] = sum(a == b for x, y in zip(mine, theirs) for a, b in zip(x, y))
-            check["tokens_total"] = batch * NEW
-        peers = {"eetjit": lambda: sess.generate(prompts, max_new_tokens=NEW), **runners}
+        check = {"tokens_total": batch * NEW}
+        for d, sess in sessions.items():
+            mine = [s[len(p):] for s, p in zip(sess.generate(prompts, max_new_tokens=NEW), prompts)]
+            refs = {n: fn for n, fn in runners.items() if not n.endswith("-bf16")} if d == "float32" else \
+                {f"hf-sdpa-{d}-weights": hf_generate(rounded[d], prompts, pad_id, args.device)[0]}
+            for name, fn in refs.items():
+                out = fn()
+                theirs = [out[b, width:].tolist() for b in range(batch)]
+                check[f"tokens_equal_{eetjit_name(d)}_vs_{name}"] = sum(
+                    a == b for x, y in zip(mine, theirs) for a, b in zip(x, y))
+        peers = {**{eetjit_name(d): (lambda s=s: s.generate(prompts, max_new_tokens=NEW))
+                    for d, s in sessions.items()}, **runners}
         load0 = C.loadavg()
         C.log(f"[generate] batch {batch}: timing {list(peers)} ({args.rounds} round(s) x {args.reps} reps, "
               f"warmup {args.warmup}) ...")
         timings = C.measure_peers(peers, args.warmup, args.reps, args.rounds)
         for t in timings.values():
             t["tokens_per_s"] = batch * NEW / t["median"]
-        C.settle()
-        quiet = C.wait_for_quiet()
-        steps = eetjit_steps(sess, prompts, max(3, args.reps))
-        steps["before"] = quiet
+        steps = {}
+        for d, sess in sessions.items():
+            C.settle()
+            quiet = C.wait_for_quiet()
+            steps[eetjit_name(d)] = eetjit_steps(sess, prompts, max(3, args.reps))
+            steps[eetjit_name(d)]["before"] = quiet
         cases.append({"model": "gpt2", "batch": batch, "prompt_lengths": [len(p) for p in prompts],
                       "new_tokens": NEW, "timings": timings, "eetjit_steps": steps, "check": check,
                       "loadavg_before": load0, "loadavg_after": C.loadavg(), "busy_processes": C.busy_processes()})
     return {"suite": "generate", "prompt": PROMPT, "new_tokens": NEW, "goal": {"eetjit_over_hf_tokens_per_s": GOAL_VS_HF},
-            "eetjit_compile_in_process_s": compile_s, "cases": cases}
+            "eetjit_dtypes": dtypes, "eetjit_compile_in_process_s": compile_s, "cases": cases}
 
 
 def report(data: dict) -> str:
     peers = list(data["cases"][0]["timings"]) if data["cases"] else []
-    hf = [p for p in peers if p != "eetjit"]
-    header = (["case"] + [f"{p} tok/s" for p in peers] + [f"eetjit/{p}" for p in hf]
+    ours = [p for p in peers if p.startswith("eetjit")]
+    hf = [p for p in peers if not p.startswith("eetjit")]
+    header = (["case", "eetjit", "tok/s"] + [f"{p} tok/s" for p in hf] + [f"/ {p}" for p in hf]
               + ["prompt pass ms", "decode step ms", "n", "others busy"])
     rows = []
     for c in data["cases"]:
         t = c["timings"]
-        rows.append([f"gpt2 b{c['batch']} p{max(c['prompt_lengths'])}+{c['new_tokens']}"]
-                    + [f"{t[p]['tokens_per_s']:,.1f}" for p in peers]
-                    + [f"{t['eetjit']['tokens_per_s'] / t[p]['tokens_per_s']:.2f}x" for p in hf]
-                    + [C.fmt_ms(c["eetjit_steps"]["prompt_pass_s"]), C.fmt_ms(c["eetjit_steps"]["decode_step_s"]),
-                       t["eetjit"]["n"], C.busiest(t)])
+        for e in ours:
+            st = c["eetjit_steps"][e]
+            rows.append([f"gpt2 b{c['batch']} p{max(c['prompt_lengths'])}+{c['new_tokens']}", e.split("-", 1)[1],
+                         f"{t[e]['tokens_per_s']:,.1f}"] + [f"{t[p]['tokens_per_s']:,.1f}" for p in hf]
+                        + [f"{t[e]['tokens_per_s'] / t[p]['tokens_per_s']:.2f}x" for p in hf]
+                        + [C.fmt_ms(st["prompt_pass_s"]), C.fmt_ms(st["decode_step_s"]), t[e]["n"], C.busiest(t)])
     lines = [f"greedy generation tokens/s (higher is better; goal eetjit >= {data['goal']['eetjit_over_hf_tokens_per_s']}x "
-             "Hugging Face); prompt pass / decode step: eetjit, streaming, median", C.table(header, rows)]
+             "Hugging Face); '/ peer' = eetjit tok/s over the peer's; prompt pass / decode step: eetjit, streaming, "
+             "median", C.table(header, rows)]
     for c in data["cases"]:
         ck = c["check"]
         eq = ", ".join(f"{k.replace('tokens_equal_', '')} {v}/{ck['tokens_total']}" for k, v in ck.items()
                        if k.startswith("tokens_equal_"))
-        lines.append(f"batch {c['batch']}: greedy tokens equal to HF's: {eq}; total time medians (s): "
+        lines.append(f"batch {c['batch']}: greedy tokens equal: {eq}; total time medians (s): "
                      + ", ".join(f"{p} {c['timings'][p]['median']:.3f}" for p in peers))
     return "\n".join(lines)
 
@@ -137,29 +163,32 @@ def chart(data: dict):
     plt = C.pyplot()
     cases = data["cases"]
     peers = list(cases[0]["timings"])
-    colors = {"eetjit": "#d62728", "hf-sdpa": "#7f7f7f", "hf-eager": "#bcbcbc"}
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    hf0 = next(p for p in peers if not p.startswith("eetjit"))
+    colors = {"eetjit-float32": "#d62728", "eetjit-float16": "#ff7f0e", "eetjit-bfloat16": "#e377c2",
+              "hf-sdpa": "#7f7f7f", "hf-eager": "#bcbcbc", "hf-sdpa-bf16": "#1f77b4"}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(peers)
     for i, p in enumerate(peers):
         xs = [j + (i - (len(peers) - 1) / 2) * width for j in range(len(cases))]
         ys = [c["timings"][p]["tokens_per_s"] for c in cases]
         ax.bar(xs, ys, width, label=p, color=colors.get(p))
-        if p == "eetjit" and len(peers) > 1:
+        if p.startswith("eetjit"):
             for x, c, y in zip(xs, cases, ys):
-                ax.annotate(f"{y / c['timings'][peers[1]]['tokens_per_s']:.2f}x {peers[1]}", (x, y), ha="center",
-                            va="bottom", fontsize=7)
+                ax.annotate(f"{y / c['timings'][hf0]['tokens_per_s']:.1f}x", (x, y), ha="center", va="bottom",
+                            fontsize=7)
     ax.set_xticks(range(len(cases)), [f"batch {c['batch']}" for c in cases])
     ax.set_ylabel("new tokens / s (median)")
-    ax.set_title(f"greedy, prompt {data['prompt']} + {data['new_tokens']} new", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"greedy, prompt {data['prompt']} + {data['new_tokens']} new (labels: x {hf0})", fontsize=9)
+    ax.legend(fontsize=7)
     for c in cases:
-        steps = np.array(c["eetjit_steps"]["median_per_step_s"]) * 1e3
-        ax2.plot(range(1, len(steps)), steps[1:], marker=".", label=f"batch {c['batch']} decode")
-        ax2.axhline(steps[0], ls="--", lw=0.8, color=ax2.lines[-1].get_color(), label=f"batch {c['batch']} prompt pass")
+        for e, st in c["eetjit_steps"].items():
+            steps = np.array(st["median_per_step_s"]) * 1e3
+            ax2.plot(range(1, len(steps)), steps[1:], marker=".", label=f"b{c['batch']} {e} decode")
     ax2.set_xlabel("step")
     ax2.set_ylabel("ms")
-    ax2.set_title("eetjit per step (median)", fontsize=9)
-    ax2.legend(fontsize=7)
+    ax2.set_yscale("log")
+    ax2.set_title("eetjit decode step (median)", fontsize=9)
+    ax2.legend(fontsize=6)
     fig.suptitle(f"generate, GPT-2 small — {data['env']['machine']}, {data['env']['date']}", fontsize=9)
     fig.tight_layout()
     return fig

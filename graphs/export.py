@@ -298,6 +298,22 @@ class EncoderWrapper(nn.Module):
         return out.last_hidden_state
 
 
+def round_gemm_weights(model: nn.Module, dtype: str) -> nn.Module:
+    """In place: the model an eetjit float16/bfloat16 CPU session computes. Every GEMM weight (nn.Linear,
+    GPT-2's Conv1D, the LM head, untied from the embedding, which stays float32) is rounded to `dtype` (to
+    nearest even) and kept in float32; everything else is unchanged."""
+    from transformers.pytorch_utils import Conv1D
+    to = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    with torch.no_grad():
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is model.get_input_embeddings().weight:
+            head.weight = nn.Parameter(head.weight.detach().clone())
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, Conv1D)):
+                module.weight.copy_(module.weight.to(to).float())
+    return model
+
+
 def wrap(family: str, model: nn.Module) -> nn.Module:
     return (EncoderWrapper if family == "bert" else DecoderWrapper)(model).eval()
 

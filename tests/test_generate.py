@@ -71,6 +71,21 @@ def test_greedy_matches_hugging_face(name, sessions):
     assert got == want
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["gpt2-ts17-eager", "llama-ts17-eager"])
+def test_16bit_weights_greedy_matches_hugging_face_on_the_rounded_weights(name, dtype, sessions):
+    """A float16/bfloat16 CPU session stores its GEMM weights in 16 bits (decode steps read them through
+    linear_rows, the prompt pass through BLAS on the same rounded values): its greedy tokens are HF's on a model
+    whose GEMM weights were rounded the same way."""
+    pytest.importorskip("torch")
+    family, _, attn = name.split("-")
+    mod = export_module()
+    model = mod.round_gemm_weights(mod.build_model(family, "tiny", 0, attn), dtype)
+    batch = prompts()
+    want = hf_greedy(model, batch, NEW, EOS)
+    assert sessions(name, dtype=dtype).generate(batch, max_new_tokens=NEW, eos_token_id=EOS) == want
+
+
 def test_pad_columns_are_never_read(sessions):
     """Poison the pad columns of every layer's KV cache after the prompt pass: the tokens do not change."""
     sess = sessions("gpt2-ts17-eager")

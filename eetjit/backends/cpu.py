@@ -84,6 +84,38 @@ def _thread_count_functions():
     return numba.get_num_threads, numba.set_num_threads
 
 
+# linear_rows (16-bit weights): used for GEMMs of at most this many rows (decode steps), BLAS above. Measured
+# on the 2-core VM, GPT-2 LM head [M, 768] @ [768, 50257]: ... (benchmarks/NOTES.md §10).
+ROWS_KERNEL_MAX_ROWS = 32
+ROWS_TILE = (4, 6)          # rows x columns summed together in registers
+ROWS_BLOCK = 64             # output columns per parallel work item
+
+
+def half_bits(w: np.ndarray, dtype: str, node=None) -> np.ndarray:
+    """float32 weights rounded to float16/bfloat16 (to nearest even), as their uint16 bit patterns."""
+    w = np.asarray(w, np.float32)
+    where = f"node {node.name!r}: " if node is not None else ""
+    if not np.isfinite(w).all():
+        raise InputError(f"{where}weights hold NaN or infinity; cannot store them as {dtype}")
+    if dtype == "float16":
+        big = np.abs(w).max(initial=0.0)
+        if big > np.finfo(np.float16).max:
+            raise InputError(f"{where}a weight of magnitude {big:.4g} is over float16's range (65504); "
+                             "compile with dtype='bfloat16' or 'float32'")
+        return w.astype(np.float16).view(np.uint16)
+    if dtype != "bfloat16":
+        raise InputError(f"16-bit weights must be 'float16' or 'bfloat16', got {dtype!r}")
+    import ml_dtypes
+    return w.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def widen_bits(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """uint16 float16/bfloat16 bit patterns -> float32 values (exact)."""
+    if dtype == "float16":
+        return bits.view(np.float16).astype(np.float32)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def rows_per_block(bucket: int) -> int:
     for limit, rows in ATTENTION_ROWS_PER_BLOCK:
         if limit is None or bucket <= limit:
@@ -118,10 +150,18 @@ class CpuBackend:
     target = "cpu"
 
     def __init__(self, dtype: str = "float32", verbose: bool = True, templates_dir=None):
-        # float16/bfloat16 sessions compute and store in float32 on the CPU (Numba has no fast half type there).
+        # Activations, KV cache and every sum are float32 on the CPU (Numba has no fast half type there). A
+        # float16/bfloat16 session stores the GEMM weights (Linear, SwiGLU) rounded to that type: decode steps
+        # read them at half the bytes (linear_rows); many-row GEMMs run BLAS on float32 copies of the same
+        # rounded values, so both paths compute with identical weights.
         if dtype not in ("float32", "float16", "bfloat16"):
             raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
         self.dtype = np.dtype(np.float32)
+        self.weights = dtype
+        # A 16-bit session's decode step calls no BLAS (its GEMMs are linear_rows, parallel kernels), so the
+        # decode attention may use every core too without fighting OpenBLAS's threads (see launch()); its
+        # KV-cache reads are memory-bound, and one core does not saturate the memory.
+        self.parallel_decode = dtype != "float32"
         self.verbose = verbose
         self.templates_dir = templates_dir
         self._kernels: dict = {}
@@ -228,6 +268,23 @@ class CpuBackend:
         return run
 
     # --- GEMM + epilogue --------------------------------------------------------------------------
+    def _half_weights(self, node, W_KN, act, has_bias):
+        """For a float16/bfloat16 session and a constant W: (W rounded, as float32 [K, N] for BLAS, and a
+        function (x_MK, bias_N, y_MN) running linear_rows on the 16-bit Wt [N, K]); else (W_KN, None)."""
+        if self.weights == "float32":
+            return W_KN, None
+        bits_NK = half_bits(np.ascontiguousarray(W_KN.T), self.weights, node)
+        rounded_KN = np.ascontiguousarray(widen_bits(bits_NK, self.weights).T)
+        kern = self.kernel("linear_rows", activation=act, has_bias=has_bias,
+                           weights=self.weights, rows=ROWS_TILE[0], cols=ROWS_TILE[1], block=ROWS_BLOCK)
+
+        def rows(x_MK, bias_N, y_MN):
+            if x_MK.shape[1] != bits_NK.shape[1]:
+                raise InputError(f"node {node.name!r}: x has {x_MK.shape[1]} features, the weight "
+                                 f"{bits_NK.shape[1]}")
+            kern(x_MK, bits_NK, bias_N, y_MN)
+        return rounded_KN, rows
+
     def _prepare_Linear(self, node, seq_lens):
         act = node.attrs.get("activation", "none")
         if isinstance(act, bytes):
@@ -243,12 +300,15 @@ class CpuBackend:
         def kernel_for(N):
             return self.kernel("linear_epilogue", width=N, activation=act, has_bias=has_bias)
 
+        rows = None
         if node.input(1).is_const:
             N = node.input(1).const.shape[-1]
             if split and sum(split) != N:
                 raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
             if epilogue:
                 kernel_for(N)
+            rounded_KN, rows = self._half_weights(node, W(None), act, has_bias)
+            W = lambda inputs: rounded_KN  # noqa: E731
 
         def run(inputs, out):
             W_KN = W(inputs)
@@ -257,13 +317,16 @@ class CpuBackend:
                 raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
             x = np.asarray(inputs[0], self.dtype)
             lead = x.shape[:-1]
-            x_MK = x.reshape(-1, K)
+            x_MK = np.ascontiguousarray(x.reshape(-1, K))
             whole = None if split else self._output(out, 0, lead + (N,))
             y_MN = np.empty((x_MK.shape[0], N), self.dtype) if split else whole.reshape(-1, N)
-            np.matmul(x_MK, W_KN, out=y_MN)
-            if epilogue:
-                launch(kernel_for(N), y_MN.size, y_MN,
-                       _sized(bias(inputs), N, node, "bias") if has_bias else self._zeros1)
+            b_N = _sized(bias(inputs), N, node, "bias") if has_bias else self._zeros1
+            if rows is not None and x_MK.shape[0] <= ROWS_KERNEL_MAX_ROWS:
+                rows(x_MK, b_N, y_MN)          # GEMM and epilogue in one pass over the 16-bit weights
+            else:
+                np.matmul(x_MK, W_KN, out=y_MN)
+                if epilogue:
+                    launch(kernel_for(N), y_MN.size, y_MN, b_N)
             if not split:
                 return [whole]
             outs, start = [], 0
@@ -279,9 +342,11 @@ class CpuBackend:
 
     def _prepare_SwiGLU(self, node, seq_lens):
         # One GEMM against [W_gate | W_up] (concatenated once, here), then the epilogue.
+        rows = None
         if node.input(1).is_const and node.input(2).is_const:
             W_K2F = np.ascontiguousarray(np.concatenate([node.input(1).const, node.input(2).const], axis=1),
                                          self.dtype)
+            W_K2F, rows = self._half_weights(node, W_K2F, "none", False)
             W = lambda inputs: W_K2F  # noqa: E731
         else:
             W = lambda inputs: np.concatenate([np.asarray(inputs[1], self.dtype),  # noqa: E731
@@ -300,7 +365,12 @@ class CpuBackend:
             K, F = W_K2F.shape[0], W_K2F.shape[1] // 2
             x = np.asarray(inputs[0], self.dtype)
             lead = x.shape[:-1]
-            gu_M2F = np.matmul(x.reshape(-1, K), W_K2F)
+            x_MK = np.ascontiguousarray(x.reshape(-1, K))
+            if rows is not None and x_MK.shape[0] <= ROWS_KERNEL_MAX_ROWS:
+                gu_M2F = np.empty((x_MK.shape[0], 2 * F), self.dtype)
+                rows(x_MK, self._zeros1, gu_M2F)
+            else:
+                gu_M2F = np.matmul(x_MK, W_K2F)
             y = self._output(out, 0, lead + (F,))
             launch(kernel_for(F), gu_M2F.size, gu_M2F,
                           _sized(b_gate(inputs), F, node, "b_gate") if has_gate_bias else self._zeros1,
@@ -467,7 +537,8 @@ class CpuBackend:
             start_B = np.clip(np.asarray(start, np.int64).reshape(B), 0, t + 1)
             y = out if out is not None else np.empty((B, 1, H * D), self.dtype)
             _check_out(y, (B, 1, H * D), self.dtype)
-            launch(kern, q_B1X.size * (t + 1), q_B1X, k_B1Y, v_B1Y, k_cache, v_cache, start_B, t, y)
+            work = MIN_PARALLEL_WORK if self.parallel_decode else q_B1X.size * (t + 1)
+            launch(kern, work, q_B1X, k_B1Y, v_B1Y, k_cache, v_cache, start_B, t, y)
             return y
         return run
 

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eetjit import InputError
 from eetjit.backends.cpu import ACTIVATIONS
 
 from .helpers import SETTINGS, assert_close, reference, single_node, values
@@ -70,3 +71,77 @@ def test_swiglu(backend, F, K, lead, gate_bias, up_bias, seed):
         inputs.pop()
     g, node = single_node("SwiGLU", inputs, {}, const={1, 2, 3, 4})
     assert_close(backend.prepare(node, g)(inputs), reference(g, node, inputs))
+
+
+# --- 16-bit weights (float16/bfloat16 sessions): linear_rows for few rows, BLAS on the rounded weights above --
+HALF = ("float16", "bfloat16")
+
+
+@pytest.fixture(scope="module")
+def half_backends():
+    from eetjit.backends.cpu import CpuBackend
+    return {d: CpuBackend(dtype=d, verbose=False) for d in HALF}
+
+
+def rounded(w, dtype):
+    """The float32 values a 16-bit session computes with: w rounded to `dtype` (to nearest even)."""
+    import ml_dtypes
+    return w.astype(np.float16 if dtype == "float16" else ml_dtypes.bfloat16).astype(np.float32)
+
+
+# M up to 40 crosses ROWS_KERNEL_MAX_ROWS (32): both paths; N and K not multiples of the tile (4 x 6) or the
+# block (64). The weights are the same rounded values on both sides, so float32 tolerances hold.
+@SETTINGS
+@given(dtype=st.sampled_from(HALF), N=st.sampled_from((1, 7, 70)), K=st.integers(1, 50), M=st.integers(1, 40),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), seed=seeds)
+def test_linear_16bit_weights(half_backends, dtype, N, K, M, act, has_bias, seed):
+    rng = np.random.default_rng(seed)
+    w = values(rng, (K, N)) / np.float32(np.sqrt(K))
+    inputs = [values(rng, (M, K)), w] + ([values(rng, (N,))] if has_bias else [])
+    g, node = single_node("Linear", inputs, {"activation": act}, const={1, 2})
+    want = reference(g, node, [inputs[0], rounded(w, dtype)] + inputs[2:])
+    got = half_backends[dtype].prepare(node, g)(inputs)
+    assert_close(got, want)
+    if act == "none":   # and not the unrounded weights (float16: ~1e-4 relative away; bfloat16: ~1e-3)
+        assert not np.allclose(got[0], reference(g, node, inputs)[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("M", (3, 40))
+def test_linear_16bit_weights_split(half_backends, dtype, M):
+    rng = np.random.default_rng(M)
+    w = values(rng, (6, 24))
+    inputs = [values(rng, (M, 6)), w, values(rng, (24,))]
+    g, node = single_node("Linear", inputs, {"split": [8, 8, 8], "activation": "gelu_tanh"}, const={1, 2},
+                          outputs=3)
+    assert_close(half_backends[dtype].prepare(node, g)(inputs), reference(g, node, [inputs[0], rounded(w, dtype),
+                                                                                    inputs[2]]))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("M", (2, 33))
+def test_swiglu_16bit_weights(half_backends, dtype, M):
+    rng = np.random.default_rng(M)
+    wg, wu = values(rng, (10, 9)) * np.float32(0.3), values(rng, (10, 9)) * np.float32(0.3)
+    inputs = [values(rng, (M, 10)), wg, wu, values(rng, (9,)), values(rng, (9,))]
+    g, node = single_node("SwiGLU", inputs, {}, const={1, 2, 3, 4})
+    want = reference(g, node, [inputs[0], rounded(wg, dtype), rounded(wu, dtype)] + inputs[3:])
+    assert_close(half_backends[dtype].prepare(node, g)(inputs), want)
+
+
+def test_float16_weights_out_of_range_is_an_input_error(half_backends):
+    rng = np.random.default_rng(5)
+    w = values(rng, (4, 4))
+    w[1, 2] = 1e5
+    g, node = single_node("Linear", [values(rng, (2, 4)), w], {}, const={1})
+    with pytest.raises(InputError, match="float16's range"):
+        half_backends["float16"].prepare(node, g)
+    half_backends["bfloat16"].prepare(node, g)    # bfloat16 has float32's range
+
+
+def test_16bit_rounding_is_to_nearest_even():
+    from eetjit.backends.cpu import half_bits, widen_bits
+    torch = pytest.importorskip("torch")
+    w = values(np.random.default_rng(6), (4097,)) * np.float32(0.05)
+    for dtype, tdt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        assert np.array_equal(widen_bits(half_bits(w, dtype), dtype), torch.from_numpy(w).to(tdt).float().numpy())
