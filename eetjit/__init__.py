@@ -23,10 +23,34 @@ def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int =
         raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
+    setup = _start_device_setup(device)
     graph = model if isinstance(model, Graph) else load(model)
     report = _rewrite.fuse(graph) if fuse else None
+    if setup is not None:
+        setup.join()
     return Session(graph, report, device=device, dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len,
                    verbose=verbose)
+
+
+def _start_device_setup(device: str):
+    """CUDA: import CuPy, Numba's CUDA target and nvmath and create the context and stream in a thread, while
+    this one reads and fuses the model (~1 s of a warm compile on the GPU machine, benchmarks/gpu/NOTES.md).
+    Best effort: a failure here is left for the Session to meet, and report, on its own thread."""
+    import os
+    if device != "cuda" or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return None
+    import threading
+
+    def setup():
+        try:
+            from eetjit.backends.cuda_device import get_device
+            get_device()
+            import nvmath.linalg.advanced  # noqa: F401
+        except Exception:   # noqa: BLE001 - reported by the Session when it needs the device
+            pass
+    thread = threading.Thread(target=setup, name="eetjit-cuda-setup", daemon=True)
+    thread.start()
+    return thread
 
 
 __all__ = ["load", "fuse", "compile", "FusionReport", "Session", "Graph", "Node", "Value", "EetjitError", "ModelError", "InputError",

@@ -249,21 +249,29 @@ def sec_prompt(args) -> dict:
 
 
 _COMPILE_CHILD = r"""
-import json, sys, time
+import cProfile, io, json, pstats, sys, time
 t0 = time.perf_counter()
 import eetjit
+from eetjit import codegen
 t1 = time.perf_counter()
+prof = cProfile.Profile()
+prof.enable()
 s = eetjit.compile(sys.argv[1], device="cuda", dtype="float16", max_batch=1, max_seq_len=128, verbose=False)
 t2 = time.perf_counter()
 s.generate([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]], max_new_tokens=8)
 t3 = time.perf_counter()
+prof.disable()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "first_generate_s": t3 - t2,
-                              "total_s": t3 - t0}))
+                              "total_s": t3 - t0, "kernels": codegen.stats()}))
+text = io.StringIO()
+pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
+print("PROFILE " + json.dumps(text.getvalue()))
 """
 
 
 def sec_compile(args) -> dict:
     res = {}
+    args.out.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix="eetjit-cold-cache-"))
     env = {**os.environ, "EETJIT_CACHE_DIR": str(cache)}
     for label in ("cold", "warm"):
@@ -279,6 +287,9 @@ def sec_compile(args) -> dict:
         r = json.loads(line[0][7:])
         r["wall_s"] = wall
         res[label] = r
+        prof = [x for x in p.stdout.splitlines() if x.startswith("PROFILE ")]
+        if prof:    # cProfile of compile + first generate (cumulative), for finding what a warm start still does
+            (args.out / f"compile_{label}_profile.txt").write_text(json.loads(prof[0][8:]))
         _log(f"[compile] {label}: wall {wall:.1f} s (import {r['import_s']:.1f}, compile {r['compile_s']:.1f}, "
              f"first generate {r['first_generate_s']:.1f})")
     return res

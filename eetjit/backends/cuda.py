@@ -277,11 +277,10 @@ class CudaBackend:
                 bias = node.input(2).const if node.input(2).is_const else self.dev.to_host(inputs[2])
                 if np.size(bias) != N:
                     raise InputError(f"node {node.name!r}: bias must have {N} values, got {np.size(bias)}")
-            upload = self._upload_const if const_w else (lambda a, dtype, how="", f=None: self.dev.upload(
-                f(np.asarray(a)) if f else np.asarray(a), dtype))
-            W_dev = upload(W, self.dtype, "pad", lambda w: _pad_cols(w, Np))
-            b_gemm = None if bias is None else upload(bias, self.dtype, "pad",
-                                                      lambda v: _pad_cols(v.reshape(1, -1), Np)[0])
+            upload = self._upload_const if const_w else (lambda a, dtype, how="", f=None, pad_cols=None: self.dev.upload(
+                _pad_cols(f(np.asarray(a)) if f else np.asarray(a), pad_cols or np.shape(a)[-1]), dtype))
+            W_dev = upload(W, self.dtype, "pad", pad_cols=Np)
+            b_gemm = None if bias is None else upload(bias, self.dtype, "pad", lambda v: v.reshape(-1), pad_cols=Np)
             gemm = Gemm(self.dev, W_dev, b_gemm, act)
             epi_bias = has_bias and not gemm.fused_bias
             epi_act = "none" if gemm.fused_activation else act
@@ -796,9 +795,10 @@ class CudaBackend:
         return run
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def _upload_const(self, arr, dtype, how: str = "", transform=None):
-        """The device copy of a constant (converted and optionally transformed), uploaded once per backend:
-        the session's plans (run and generate) share it."""
+    def _upload_const(self, arr, dtype, how: str = "", transform=None, pad_cols: int | None = None):
+        """The device copy of a constant (converted, optionally transformed, its last axis zero-padded to
+        `pad_cols`), uploaded once per backend: the session's plans (run and generate) share it. Float data bound
+        for float16/float32 on a GPU is converted (and padded) on the device (Device.upload_cast)."""
         key = (id(arr), np.dtype(dtype).str, how)
         hit = self._consts.get(key)
         if hit is not None and hit[0] is arr:
@@ -806,8 +806,13 @@ class CudaBackend:
         host = np.asarray(arr)
         if transform is not None:
             host = transform(host)
-        dev = self.dev.upload(np.ascontiguousarray(np.asarray(host, np.float32 if host.dtype.kind == "f" else None)),
-                              dtype)
+        if host.dtype.kind == "f" and not self.dev.simulated and np.dtype(dtype) in (np.float16, np.float32):
+            dev = self.dev.upload_cast(host, dtype, pad_cols)
+        else:
+            if pad_cols is not None:
+                host = _pad_cols(host, pad_cols)
+            dev = self.dev.upload(np.ascontiguousarray(np.asarray(host, np.float32 if host.dtype.kind == "f"
+                                                                  else None)), dtype)
         self._consts[key] = (arr, dev)
         return dev
 

@@ -122,6 +122,38 @@ class Device:
             out.set(np.ascontiguousarray(host), stream=self.stream)
             return out
 
+    # float32 elements of the device buffer upload_cast stages through (32 MB; kept for the process)
+    STAGING_ELEMENTS = 1 << 23
+
+    def upload_cast(self, host, dtype, cols: int | None = None):
+        """A float host array as a new device array of float16/float32 `dtype`, its last axis zero-padded to
+        `cols`. The conversion (and the padding) happen on the device: the host only reads `host`, in blocks of
+        rows copied through one reused float32 staging buffer. For the weights at compile time: converting 160 M
+        float32 values to float16 on the host and allocating the copies cost ~1 s there (GPU.md)."""
+        dtype = np.dtype(dtype)
+        if self.simulated or dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+            raise InputError(f"upload_cast converts to float16/float32 on a GPU, not to {dtype}")
+        if self.capturing:
+            raise CaptureError("host-to-device copy while capturing a CUDA graph")
+        host = np.ascontiguousarray(host, np.float32)
+        n = host.shape[-1] if host.ndim else 1
+        cols = n if cols is None else int(cols)
+        rows = host.reshape(-1, n)
+        with self.stream:
+            out = self.xp.empty((rows.shape[0], cols), dtype)
+            if cols > n:
+                out[:, n:].fill(0)
+            stage = getattr(self, "_staging", None)
+            if stage is None or stage.size < n:
+                stage = self._staging = self.xp.empty(max(self.STAGING_ELEMENTS, n), np.float32)
+            step = max(1, stage.size // n)
+            for r0 in range(0, rows.shape[0], step):
+                block = rows[r0:r0 + step]
+                staged = stage[:block.size].reshape(block.shape)
+                staged.set(block, stream=self.stream)        # the stream orders the next block's copy after this cast
+                self.xp.copyto(out[r0:r0 + block.shape[0], :n], staged, casting="unsafe")
+        return out.reshape(host.shape[:-1] + (cols,)) if host.ndim else out.reshape(())
+
     def fill(self, dst, value) -> None:
         """dst[...] = value, queued on the stream (a scalar launch argument: unlike a copy from pageable host
         memory, it does not wait for the work already queued)."""

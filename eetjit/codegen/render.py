@@ -40,10 +40,33 @@ def template_name(op: str) -> str:
     return f"{op}.py.j2"
 
 
+# (folder, op) -> ({file: (mtime_ns, size)}, source): parsing a template for its imports costs ~10-20 ms, and a
+# session asks for every kernel's key; a file whose stat changed is read again.
+_sources: dict[tuple[Path, str], tuple[dict, str]] = {}
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def template_source(op: str, target: str = "cpu", templates_dir=None) -> str:
     """The text of template `op` and of every template it imports or includes, recursively (so editing the
     shared macros changes the key of every kernel that uses them)."""
     folder = templates_root(templates_dir) / target
+    memo = _sources.get((folder, op))
+    if memo is not None and all(_stamp(folder / name) == stamp for name, stamp in memo[0].items()):
+        return memo[1]
+    stamps = {}
+    source = _read_source(op, folder, stamps)
+    _sources[(folder, op)] = (stamps, source)
+    return source
+
+
+def _read_source(op: str, folder: Path, stamps: dict) -> str:
     env = _environment(folder)
     seen: dict[str, str] = {}
     todo = [template_name(op)]
@@ -54,8 +77,9 @@ def template_source(op: str, target: str = "cpu", templates_dir=None) -> str:
         try:
             text, _, _ = env.loader.get_source(env, name)
         except jinja2.TemplateNotFound:
-            raise FileNotFoundError(f"no {target} template {name!r} in {folder}") from None
+            raise FileNotFoundError(f"no {folder.name} template {name!r} in {folder}") from None
         seen[name] = text
+        stamps[name] = _stamp(folder / name)
         todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
     return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
 

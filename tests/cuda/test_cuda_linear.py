@@ -108,3 +108,22 @@ def test_gemv_many_chunks(where, M, K, N, dtype):
         want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
         assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
     _path(backend, "auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("shape, cols", [((37, 50), 64), ((3, 5, 7), None), ((1000,), 1024), ((2, 9), 9)])
+def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, shape, cols):
+    """Weights reach the GPU as float32 blocks through a small reused staging buffer (here 64 elements: many
+    blocks, rows split across none) and are converted and zero-padded there; equal to the host conversion."""
+    from eetjit.backends.cuda_device import get_device
+    dev = get_device()
+    monkeypatch.setattr(dev, "STAGING_ELEMENTS", 64)
+    monkeypatch.setattr(dev, "_staging", None, raising=False)
+    host = values(np.random.default_rng(len(shape)), shape)
+    want = host.astype(dtype)
+    if cols is not None:
+        want = np.concatenate([want, np.zeros(shape[:-1] + (cols - shape[-1],), dtype)], axis=-1)
+    got = dev.to_host(dev.upload_cast(host, dtype, cols))
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
