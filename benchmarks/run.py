@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", default=None, help="comma list (default forward 1,4; generate 1,8)")
     p.add_argument("--families", default="gpt2,bert", help="forward: comma list of gpt2,bert")
     p.add_argument("--hf-attn", default="sdpa,eager", help="generate: HF attention implementations to run")
-    p.add_argument("--dtypes", default="float32,float16",
+    p.add_argument("--dtypes", default="float32,float16,bfloat16",
                    help="generate: eetjit session dtypes to run (on the CPU a 16-bit dtype stores the GEMM weights "
                         "in 16 bits; activations stay float32)")
     p.add_argument("--hf-bf16", default="sdpa", help="generate: HF attention implementations to run also with "

@@ -301,7 +301,8 @@ class EncoderWrapper(nn.Module):
 def round_gemm_weights(model: nn.Module, dtype: str) -> nn.Module:
     """In place: the model an eetjit float16/bfloat16 CPU session computes. Every GEMM weight (nn.Linear,
     GPT-2's Conv1D, the LM head, untied from the embedding, which stays float32) is rounded to `dtype` (to
-    nearest even) and kept in float32; everything else is unchanged."""
+    nearest even) and kept in float32; for bfloat16 the GEMMs' inputs are rounded too (a forward pre-hook);
+    everything else is unchanged."""
     from transformers.pytorch_utils import Conv1D
     to = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     with torch.no_grad():
@@ -311,6 +312,8 @@ def round_gemm_weights(model: nn.Module, dtype: str) -> nn.Module:
         for module in model.modules():
             if isinstance(module, (nn.Linear, Conv1D)):
                 module.weight.copy_(module.weight.to(to).float())
+                if dtype == "bfloat16":
+                    module.register_forward_pre_hook(lambda _, args: (args[0].to(to).float(),) + args[1:])
     return model
 
 

@@ -74,9 +74,9 @@ def test_greedy_matches_hugging_face(name, sessions):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", ["gpt2-ts17-eager", "llama-ts17-eager"])
 def test_16bit_weights_greedy_matches_hugging_face_on_the_rounded_weights(name, dtype, sessions):
-    """A float16/bfloat16 CPU session stores its GEMM weights in 16 bits (decode steps read them through
-    linear_rows, the prompt pass through BLAS on the same rounded values): its greedy tokens are HF's on a model
-    whose GEMM weights were rounded the same way."""
+    """A float16/bfloat16 CPU session stores its GEMM weights in 16 bits (float16: linear_rows for decode steps,
+    BLAS on the same rounded values for the prompt; bfloat16: the GEMM inputs are bfloat16 too, linear_bf16):
+    its greedy tokens are HF's on a float32 model whose GEMMs were rounded the same way."""
     pytest.importorskip("torch")
     family, _, attn = name.split("-")
     mod = export_module()

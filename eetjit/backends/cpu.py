@@ -89,6 +89,16 @@ def _thread_count_functions():
 ROWS_KERNEL_MAX_ROWS = 32
 ROWS_TILE = (4, 6)          # rows x columns summed together in registers
 ROWS_BLOCK = 64             # output columns per parallel work item
+# linear_bf16 (bfloat16 sessions on CPUs with AVX512-BF16): every GEMM. Tile and tiles per work item.
+BF16_TILE = (4, 6)
+BF16_BLOCK = 8
+
+
+@functools.lru_cache(maxsize=None)
+def has_avx512_bf16() -> bool:
+    """Whether LLVM may emit vdpbf16ps for this CPU (Numba compiles for the host CPU)."""
+    import llvmlite.binding as llvm
+    return "avx512bf16" in llvm.get_host_cpu_features().flatten()
 
 
 def half_bits(w: np.ndarray, dtype: str, node=None) -> np.ndarray:
@@ -152,8 +162,9 @@ class CpuBackend:
     def __init__(self, dtype: str = "float32", verbose: bool = True, templates_dir=None):
         # Activations, KV cache and every sum are float32 on the CPU (Numba has no fast half type there). A
         # float16/bfloat16 session stores the GEMM weights (Linear, SwiGLU) rounded to that type: decode steps
-        # read them at half the bytes (linear_rows); many-row GEMMs run BLAS on float32 copies of the same
-        # rounded values, so both paths compute with identical weights.
+        # read them at half the bytes. float16: linear_rows for few rows, BLAS on float32 copies of the same
+        # rounded values above, so both paths compute with identical weights. bfloat16: the GEMM inputs (x too)
+        # are bfloat16, multiplied exactly and summed in float32 (linear_bf16, twice the float32 FMA rate).
         if dtype not in ("float32", "float16", "bfloat16"):
             raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
         self.dtype = np.dtype(np.float32)
@@ -162,6 +173,8 @@ class CpuBackend:
         # decode attention may use every core too without fighting OpenBLAS's threads (see launch()); its
         # KV-cache reads are memory-bound, and one core does not saturate the memory.
         self.parallel_decode = dtype != "float32"
+        # bfloat16 sessions multiply bfloat16 GEMM inputs with float32 sums; linear_bf16 does it with AVX512-BF16
+        self.bf16_dot = dtype == "bfloat16" and has_avx512_bf16()
         self.verbose = verbose
         self.templates_dir = templates_dir
         self._kernels: dict = {}
@@ -269,21 +282,54 @@ class CpuBackend:
 
     # --- GEMM + epilogue --------------------------------------------------------------------------
     def _half_weights(self, node, W_KN, act, has_bias):
-        """For a float16/bfloat16 session and a constant W: (W rounded, as float32 [K, N] for BLAS, and a
-        function (x_MK, bias_N, y_MN) running linear_rows on the 16-bit Wt [N, K]); else (W_KN, None)."""
+        """How a constant weight is multiplied in this session: (the float32 [K, N] weight BLAS reads or None,
+        a function (x_MK, bias_N, y_MN) doing GEMM + epilogue in one kernel or None, the most rows it takes).
+
+        float32: BLAS only. float16: the rounded weights for BLAS and linear_rows on the 16-bit Wt for at most
+        ROWS_KERNEL_MAX_ROWS rows. bfloat16 with AVX512-BF16: linear_bf16 for every size (no float32 copy);
+        without it, as float16 (and the caller rounds x to bfloat16, so the values computed are the same)."""
         if self.weights == "float32":
-            return W_KN, None
+            return W_KN, None, 0
+        K, N = W_KN.shape
         bits_NK = half_bits(np.ascontiguousarray(W_KN.T), self.weights, node)
+
+        def checked(fn, w):
+            def gemm(x_MK, bias_N, y_MN):
+                if x_MK.shape[1] != K:
+                    raise InputError(f"node {node.name!r}: x has {x_MK.shape[1]} features, the weight {K}")
+                fn(x_MK, w, bias_N, y_MN)
+            return gemm
+
+        if self.bf16_dot:
+            Kp = max(32, -(-K // 32) * 32)
+            padded = np.zeros((N, Kp), np.uint16)
+            padded[:, :K] = bits_NK
+            kern = self.kernel("linear_bf16", activation=act, has_bias=has_bias, rows=BF16_TILE[0],
+                               cols=BF16_TILE[1], block=BF16_BLOCK)
+            # fewer rows than a tile: memory-bound, where linear_rows streams the same weights faster
+            few = self.kernel("linear_rows", activation=act, has_bias=has_bias, weights="bfloat16",
+                              rows=ROWS_TILE[0], cols=ROWS_TILE[1], block=ROWS_BLOCK)
+            pairs = padded.view(np.uint32)
+
+            def bf16(x_MK, w, bias_N, y_MN):
+                if x_MK.shape[0] < BF16_TILE[0]:
+                    import ml_dtypes
+                    few(x_MK.astype(ml_dtypes.bfloat16).astype(np.float32), padded, bias_N, y_MN)
+                else:
+                    kern(x_MK, w, bias_N, y_MN)
+            return None, checked(bf16, pairs), None
         rounded_KN = np.ascontiguousarray(widen_bits(bits_NK, self.weights).T)
         kern = self.kernel("linear_rows", activation=act, has_bias=has_bias,
                            weights=self.weights, rows=ROWS_TILE[0], cols=ROWS_TILE[1], block=ROWS_BLOCK)
+        return rounded_KN, checked(kern, bits_NK), ROWS_KERNEL_MAX_ROWS
 
-        def rows(x_MK, bias_N, y_MN):
-            if x_MK.shape[1] != bits_NK.shape[1]:
-                raise InputError(f"node {node.name!r}: x has {x_MK.shape[1]} features, the weight "
-                                 f"{bits_NK.shape[1]}")
-            kern(x_MK, bits_NK, bias_N, y_MN)
-        return rounded_KN, rows
+    def _gemm_input(self, x_MK):
+        """x as a GEMM reads it: rounded to bfloat16 in a bfloat16 session that has no linear_bf16 (which
+        rounds on its own), so that every CPU computes the same values."""
+        if self.weights == "bfloat16" and not self.bf16_dot:
+            import ml_dtypes
+            return x_MK.astype(ml_dtypes.bfloat16).astype(np.float32)
+        return x_MK
 
     def _prepare_Linear(self, node, seq_lens):
         act = node.attrs.get("activation", "none")
@@ -300,28 +346,29 @@ class CpuBackend:
         def kernel_for(N):
             return self.kernel("linear_epilogue", width=N, activation=act, has_bias=has_bias)
 
-        rows = None
+        rows, max_rows, dims = None, 0, None
         if node.input(1).is_const:
             N = node.input(1).const.shape[-1]
             if split and sum(split) != N:
                 raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
-            if epilogue:
+            dims = node.input(1).const.shape
+            blas_KN, rows, max_rows = self._half_weights(node, W(None), act, has_bias)
+            if epilogue and blas_KN is not None:
                 kernel_for(N)
-            rounded_KN, rows = self._half_weights(node, W(None), act, has_bias)
-            W = lambda inputs: rounded_KN  # noqa: E731
+            W = lambda inputs: blas_KN  # noqa: E731
 
         def run(inputs, out):
             W_KN = W(inputs)
-            K, N = W_KN.shape
+            K, N = W_KN.shape if dims is None else dims
             if split and sum(split) != N:
                 raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
             x = np.asarray(inputs[0], self.dtype)
             lead = x.shape[:-1]
-            x_MK = np.ascontiguousarray(x.reshape(-1, K))
+            x_MK = self._gemm_input(np.ascontiguousarray(x.reshape(-1, K)))
             whole = None if split else self._output(out, 0, lead + (N,))
             y_MN = np.empty((x_MK.shape[0], N), self.dtype) if split else whole.reshape(-1, N)
             b_N = _sized(bias(inputs), N, node, "bias") if has_bias else self._zeros1
-            if rows is not None and x_MK.shape[0] <= ROWS_KERNEL_MAX_ROWS:
+            if rows is not None and (max_rows is None or x_MK.shape[0] <= max_rows):
                 rows(x_MK, b_N, y_MN)          # GEMM and epilogue in one pass over the 16-bit weights
             else:
                 np.matmul(x_MK, W_KN, out=y_MN)
@@ -342,11 +389,12 @@ class CpuBackend:
 
     def _prepare_SwiGLU(self, node, seq_lens):
         # One GEMM against [W_gate | W_up] (concatenated once, here), then the epilogue.
-        rows = None
+        rows, max_rows, dims = None, 0, None
         if node.input(1).is_const and node.input(2).is_const:
             W_K2F = np.ascontiguousarray(np.concatenate([node.input(1).const, node.input(2).const], axis=1),
                                          self.dtype)
-            W_K2F, rows = self._half_weights(node, W_K2F, "none", False)
+            dims = W_K2F.shape
+            W_K2F, rows, max_rows = self._half_weights(node, W_K2F, "none", False)
             W = lambda inputs: W_K2F  # noqa: E731
         else:
             W = lambda inputs: np.concatenate([np.asarray(inputs[1], self.dtype),  # noqa: E731
@@ -362,11 +410,12 @@ class CpuBackend:
 
         def run(inputs, out):
             W_K2F = W(inputs)
-            K, F = W_K2F.shape[0], W_K2F.shape[1] // 2
+            K, F2 = W_K2F.shape if dims is None else dims
+            F = F2 // 2
             x = np.asarray(inputs[0], self.dtype)
             lead = x.shape[:-1]
-            x_MK = np.ascontiguousarray(x.reshape(-1, K))
-            if rows is not None and x_MK.shape[0] <= ROWS_KERNEL_MAX_ROWS:
+            x_MK = self._gemm_input(np.ascontiguousarray(x.reshape(-1, K)))
+            if rows is not None and (max_rows is None or x_MK.shape[0] <= max_rows):
                 gu_M2F = np.empty((x_MK.shape[0], 2 * F), self.dtype)
                 rows(x_MK, self._zeros1, gu_M2F)
             else:

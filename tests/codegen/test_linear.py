@@ -89,8 +89,14 @@ def rounded(w, dtype):
     return w.astype(np.float16 if dtype == "float16" else ml_dtypes.bfloat16).astype(np.float32)
 
 
-# M up to 40 crosses ROWS_KERNEL_MAX_ROWS (32): both paths; N and K not multiples of the tile (4 x 6) or the
-# block (64). The weights are the same rounded values on both sides, so float32 tolerances hold.
+def gemm_input(x, dtype):
+    """x as a session's GEMM reads it: bfloat16 sessions round it too (float16 ones keep float32)."""
+    return rounded(x, dtype) if dtype == "bfloat16" else x
+
+
+# M up to 40 crosses ROWS_KERNEL_MAX_ROWS (32) (float16: linear_rows, then BLAS) and the 4-row tile of
+# linear_bf16 (bfloat16 on AVX512-BF16: linear_rows below 4 rows); N and K not multiples of the tiles (4 x 6), the
+# blocks or 32 (bfloat16 pairs). Both sides compute with the same rounded values, so float32 tolerances hold.
 @SETTINGS
 @given(dtype=st.sampled_from(HALF), N=st.sampled_from((1, 7, 70)), K=st.integers(1, 50), M=st.integers(1, 40),
        act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), seed=seeds)
@@ -99,7 +105,7 @@ def test_linear_16bit_weights(half_backends, dtype, N, K, M, act, has_bias, seed
     w = values(rng, (K, N)) / np.float32(np.sqrt(K))
     inputs = [values(rng, (M, K)), w] + ([values(rng, (N,))] if has_bias else [])
     g, node = single_node("Linear", inputs, {"activation": act}, const={1, 2})
-    want = reference(g, node, [inputs[0], rounded(w, dtype)] + inputs[2:])
+    want = reference(g, node, [gemm_input(inputs[0], dtype), rounded(w, dtype)] + inputs[2:])
     got = half_backends[dtype].prepare(node, g)(inputs)
     assert_close(got, want)
     if act == "none":   # and not the unrounded weights (float16: ~1e-4 relative away; bfloat16: ~1e-3)
@@ -114,8 +120,8 @@ def test_linear_16bit_weights_split(half_backends, dtype, M):
     inputs = [values(rng, (M, 6)), w, values(rng, (24,))]
     g, node = single_node("Linear", inputs, {"split": [8, 8, 8], "activation": "gelu_tanh"}, const={1, 2},
                           outputs=3)
-    assert_close(half_backends[dtype].prepare(node, g)(inputs), reference(g, node, [inputs[0], rounded(w, dtype),
-                                                                                    inputs[2]]))
+    assert_close(half_backends[dtype].prepare(node, g)(inputs),
+                 reference(g, node, [gemm_input(inputs[0], dtype), rounded(w, dtype), inputs[2]]))
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -125,7 +131,7 @@ def test_swiglu_16bit_weights(half_backends, dtype, M):
     wg, wu = values(rng, (10, 9)) * np.float32(0.3), values(rng, (10, 9)) * np.float32(0.3)
     inputs = [values(rng, (M, 10)), wg, wu, values(rng, (9,)), values(rng, (9,))]
     g, node = single_node("SwiGLU", inputs, {}, const={1, 2, 3, 4})
-    want = reference(g, node, [inputs[0], rounded(wg, dtype), rounded(wu, dtype)] + inputs[3:])
+    want = reference(g, node, [gemm_input(inputs[0], dtype), rounded(wg, dtype), rounded(wu, dtype)] + inputs[3:])
     assert_close(half_backends[dtype].prepare(node, g)(inputs), want)
 
 
@@ -145,3 +151,19 @@ def test_16bit_rounding_is_to_nearest_even():
     w = values(np.random.default_rng(6), (4097,)) * np.float32(0.05)
     for dtype, tdt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         assert np.array_equal(widen_bits(half_bits(w, dtype), dtype), torch.from_numpy(w).to(tdt).float().numpy())
+
+
+@pytest.mark.parametrize("M", (2, 4, 11))
+def test_bfloat16_sessions_compute_the_same_with_and_without_avx512_bf16(M):
+    """linear_bf16 (vdpbf16ps) and the fallback of CPUs without it (x rounded, then linear_rows/BLAS) multiply
+    the same bfloat16 values with float32 sums: equal to float32 rounding."""
+    from eetjit.backends.cpu import CpuBackend, has_avx512_bf16
+    if not has_avx512_bf16():
+        pytest.skip("this CPU has no AVX512-BF16: only the fallback runs (test_linear_16bit_weights)")
+    rng = np.random.default_rng(M)
+    inputs = [values(rng, (M, 70)), values(rng, (70, 50)) * np.float32(0.1), values(rng, (50,))]
+    g, node = single_node("Linear", inputs, {"activation": "gelu_erf"}, const={1, 2})
+    with_dot, without = CpuBackend(dtype="bfloat16", verbose=False), CpuBackend(dtype="bfloat16", verbose=False)
+    without.bf16_dot = False
+    assert with_dot.bf16_dot
+    assert_close(with_dot.prepare(node, g)(inputs), without.prepare(node, g)(inputs))
