@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", default="gpt2,bert", help="forward: comma list of gpt2,bert")
     p.add_argument("--hf-attn", default="sdpa,eager", help="generate: HF attention implementations to run")
     p.add_argument("--dtypes", default="float32,float16,bfloat16",
-                   help="generate: eetjit session dtypes to run (on the CPU a 16-bit dtype stores the GEMM weights "
-                        "in 16 bits; activations stay float32)")
+                   help="generate: eetjit session dtypes to run (on the CPU float16 stores the GEMM weights in 16 "
+                        "bits; bfloat16 also rounds the GEMM inputs; activations stay float32)")
     p.add_argument("--hf-bf16", default="sdpa", help="generate: HF attention implementations to run also with "
                    "bfloat16 weights and activations (PyTorch's fastest CPU dtype here; empty: none)")
     p.add_argument("--no-compile", action="store_true", help="forward: skip the cold/warm compile subprocesses")

@@ -3,10 +3,11 @@
 PyTorch (same weights, left padding + attention mask, its default KV cache). Also eetjit's prompt pass and
 per-step decode time, measured separately (streaming).
 
-eetjit runs once per `--dtypes` entry: float32, and float16/bfloat16, which on the CPU store the GEMM weights in
-16 bits (activations float32). HF runs in float32 (`--hf-attn`) and, as its fastest CPU setting here, in
-bfloat16 (`--hf-bf16`). Greedy tokens are checked: float32 eetjit against float32 HF; a 16-bit eetjit session
-against HF float32 on the same rounded GEMM weights (graphs/export.py `round_gemm_weights`)."""
+eetjit runs once per `--dtypes` entry: float32; float16, which on the CPU stores the GEMM weights in 16 bits
+(activations float32); bfloat16, whose GEMM inputs are bfloat16 too (AVX512-BF16 dot products, float32 sums).
+HF runs in float32 (`--hf-attn`) and, as its fastest CPU setting here, in bfloat16 (`--hf-bf16`). Greedy tokens
+are checked: float32 eetjit against float32 HF; a 16-bit eetjit session against HF float32 with its GEMMs
+rounded the same way (graphs/export.py `round_gemm_weights`)."""
 from __future__ import annotations
 
 import time
