@@ -24,10 +24,12 @@ def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int =
     if dtype not in ("float32", "float16", "bfloat16"):
         raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
     setup = _start_device_setup(device)
-    graph = model if isinstance(model, Graph) else load(model)
-    report = _rewrite.fuse(graph) if fuse else None
-    if setup is not None:
-        setup.join()
+    try:
+        graph = model if isinstance(model, Graph) else load(model)
+        report = _rewrite.fuse(graph) if fuse else None
+    finally:
+        if setup is not None:
+            setup.join()
     return Session(graph, report, device=device, dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len,
                    verbose=verbose)
 
@@ -39,10 +41,21 @@ def _start_device_setup(device: str):
     import os
     if device != "cuda" or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return None
+    import sys
     import threading
+    # the caller's current CUDA device (CuPy's is per thread): the Device is made on it, as it would be here
+    cupy = sys.modules.get("cupy")
+    device_id = None
+    if cupy is not None:
+        try:
+            device_id = cupy.cuda.runtime.getDevice()
+        except Exception:   # noqa: BLE001
+            device_id = None
 
     def setup():
         try:
+            if device_id is not None:
+                sys.modules["cupy"].cuda.Device(device_id).use()
             from eetjit.backends.cuda_device import get_device
             get_device()
             import nvmath.linalg.advanced  # noqa: F401

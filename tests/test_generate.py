@@ -86,6 +86,27 @@ def test_16bit_weights_greedy_matches_hugging_face_on_the_rounded_weights(name, 
     assert sessions(name, dtype=dtype).generate(batch, max_new_tokens=NEW, eos_token_id=EOS) == want
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("batch, seq", [(1, 9), (2, 30)])     # 9 and 60 rows: linear_rows / BLAS for float16
+def test_16bit_logits_are_hugging_face_logits_of_the_rounded_model(batch, seq, dtype, sessions):
+    """Tighter than tokens (tiny models' greedy tokens do not even move under float16 rounding): the logits of a
+    16-bit session are HF's on the rounded model to float32 noise, and measurably away from the unrounded
+    model's."""
+    torch = pytest.importorskip("torch")
+    mod = export_module()
+    exact = mod.build_model("gpt2", "tiny", 0, "eager")
+    rounded = mod.round_gemm_weights(mod.build_model("gpt2", "tiny", 0, "eager"), dtype)
+    ids = np.random.default_rng(seq).integers(3, 97, (batch, seq))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    got = sessions("gpt2-ts17-eager", dtype=dtype).run(None, feeds)[0]
+    with torch.no_grad():
+        want, far = (m(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                       use_cache=False).logits.numpy() for m in (rounded, exact))
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 2e-5 * scale
+    assert np.abs(got - far).max() > 10 * np.abs(got - want).max()
+
+
 def test_pad_columns_are_never_read(sessions):
     """Poison the pad columns of every layer's KV cache after the prompt pass: the tokens do not change."""
     sess = sessions("gpt2-ts17-eager")

@@ -85,7 +85,8 @@ def _thread_count_functions():
 
 
 # linear_rows (16-bit weights): used for GEMMs of at most this many rows (decode steps), BLAS above. Measured
-# on the 2-core VM, GPT-2 LM head [M, 768] @ [768, 50257]: ... (benchmarks/NOTES.md §10).
+# on the 2-core VM, GPT-2 LM head [M, 768] @ [768, 50257], weights not in cache: 8 rows 6.4 ms vs 12-13 ms for
+# float32 BLAS, 16 rows 10.2 ms (121 GFLOP/s); BLAS at 32 rows 23.9 ms (benchmarks/NOTES.md §5, §10).
 ROWS_KERNEL_MAX_ROWS = 32
 ROWS_TILE = (4, 6)          # rows x columns summed together in registers
 ROWS_BLOCK = 64             # output columns per parallel work item
@@ -96,8 +97,18 @@ BF16_BLOCK = 8
 
 @functools.lru_cache(maxsize=None)
 def has_avx512_bf16() -> bool:
-    """Whether LLVM may emit vdpbf16ps for this CPU (Numba compiles for the host CPU)."""
+    """Whether linear_bf16 can be compiled here: the CPU Numba compiles for has AVX512-BF16 (the host's, unless
+    NUMBA_CPU_NAME/NUMBA_CPU_FEATURES name another: LLVM aborts the process on the intrinsic otherwise) and LLVM
+    is recent enough to spell the intrinsic with `bfloat` vectors and opaque pointers (LLVM 17+)."""
     import llvmlite.binding as llvm
+    from numba.core import config
+    if tuple(llvm.llvm_version_info) < (17,):
+        return False
+    name, features = getattr(config, "CPU_NAME", None), getattr(config, "CPU_FEATURES", None)
+    if name and name != "host":
+        return "+avx512bf16" in (features or "").split(",")
+    if features:
+        return "+avx512bf16" in features.split(",")
     return "avx512bf16" in llvm.get_host_cpu_features().flatten()
 
 
@@ -169,9 +180,10 @@ class CpuBackend:
             raise InputError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
         self.dtype = np.dtype(np.float32)
         self.weights = dtype
-        # A 16-bit session's decode step calls no BLAS (its GEMMs are linear_rows, parallel kernels), so the
-        # decode attention may use every core too without fighting OpenBLAS's threads (see launch()); its
-        # KV-cache reads are memory-bound, and one core does not saturate the memory.
+        # A 16-bit session's decode steps of up to 32 sequences call no BLAS (their GEMMs are linear_rows or
+        # linear_bf16, parallel kernels), so the decode attention may use every core too without fighting
+        # OpenBLAS's threads (see launch()); its KV-cache reads are memory-bound, and one core does not saturate
+        # the memory.
         self.parallel_decode = dtype != "float32"
         # bfloat16 sessions multiply bfloat16 GEMM inputs with float32 sums; linear_bf16 does it with AVX512-BF16
         self.bf16_dot = dtype == "bfloat16" and has_avx512_bf16()
@@ -293,12 +305,8 @@ class CpuBackend:
         K, N = W_KN.shape
         bits_NK = half_bits(np.ascontiguousarray(W_KN.T), self.weights, node)
 
-        def checked(fn, w):
-            def gemm(x_MK, bias_N, y_MN):
-                if x_MK.shape[1] != K:
-                    raise InputError(f"node {node.name!r}: x has {x_MK.shape[1]} features, the weight {K}")
-                fn(x_MK, w, bias_N, y_MN)
-            return gemm
+        def bound(fn, w):   # the caller checked x [M, K] and y [M, N] (the kernels trust both)
+            return lambda x_MK, bias_N, y_MN: fn(x_MK, w, bias_N, y_MN)
 
         if self.bf16_dot:
             Kp = max(32, -(-K // 32) * 32)
@@ -317,15 +325,15 @@ class CpuBackend:
                     few(x_MK.astype(ml_dtypes.bfloat16).astype(np.float32), padded, bias_N, y_MN)
                 else:
                     kern(x_MK, w, bias_N, y_MN)
-            return None, checked(bf16, pairs), None
+            return None, bound(bf16, pairs), None
         rounded_KN = np.ascontiguousarray(widen_bits(bits_NK, self.weights).T)
         kern = self.kernel("linear_rows", activation=act, has_bias=has_bias,
                            weights=self.weights, rows=ROWS_TILE[0], cols=ROWS_TILE[1], block=ROWS_BLOCK)
-        return rounded_KN, checked(kern, bits_NK), ROWS_KERNEL_MAX_ROWS
+        return rounded_KN, bound(kern, bits_NK), ROWS_KERNEL_MAX_ROWS
 
     def _gemm_input(self, x_MK):
-        """x as a GEMM reads it: rounded to bfloat16 in a bfloat16 session that has no linear_bf16 (which
-        rounds on its own), so that every CPU computes the same values."""
+        """x as a GEMM against a 16-bit constant weight reads it: rounded to bfloat16 in a bfloat16 session that
+        has no linear_bf16 (which rounds on its own), so that every CPU computes the same values."""
         if self.weights == "bfloat16" and not self.bf16_dot:
             import ml_dtypes
             return x_MK.astype(ml_dtypes.bfloat16).astype(np.float32)
@@ -363,8 +371,11 @@ class CpuBackend:
             if split and sum(split) != N:
                 raise InputError(f"node {node.name!r}: Linear split {split} does not add up to N={N}")
             x = np.asarray(inputs[0], self.dtype)
+            _check_features(x, K, node)
             lead = x.shape[:-1]
-            x_MK = self._gemm_input(np.ascontiguousarray(x.reshape(-1, K)))
+            x_MK = np.ascontiguousarray(x.reshape(-1, K))
+            if rows is not None:
+                x_MK = self._gemm_input(x_MK)
             whole = None if split else self._output(out, 0, lead + (N,))
             y_MN = np.empty((x_MK.shape[0], N), self.dtype) if split else whole.reshape(-1, N)
             b_N = _sized(bias(inputs), N, node, "bias") if has_bias else self._zeros1
@@ -413,8 +424,11 @@ class CpuBackend:
             K, F2 = W_K2F.shape if dims is None else dims
             F = F2 // 2
             x = np.asarray(inputs[0], self.dtype)
+            _check_features(x, K, node)
             lead = x.shape[:-1]
-            x_MK = self._gemm_input(np.ascontiguousarray(x.reshape(-1, K)))
+            x_MK = np.ascontiguousarray(x.reshape(-1, K))
+            if rows is not None:
+                x_MK = self._gemm_input(x_MK)
             if rows is not None and (max_rows is None or x_MK.shape[0] <= max_rows):
                 gu_M2F = np.empty((x_MK.shape[0], 2 * F), self.dtype)
                 rows(x_MK, self._zeros1, gu_M2F)
@@ -697,6 +711,13 @@ def _sized(arr, n, node, name):
         got = "nothing" if arr is None else f"shape {list(arr.shape)}"
         raise InputError(f"node {node.name!r}: {name} must have {n} values, got {got}")
     return arr.reshape(n)
+
+
+def _check_features(x, K, node):
+    """x [..., K] for a GEMM against K input features (a reshape would otherwise make rows of the wrong size)."""
+    if x.ndim < 1 or x.shape[-1] != K:
+        raise InputError(f"node {node.name!r}: the input has shape {list(x.shape)}, its last axis must be the "
+                         f"weight's {K} input features")
 
 
 def _check_shape(x, shape, name, node):

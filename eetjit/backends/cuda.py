@@ -277,8 +277,10 @@ class CudaBackend:
                 bias = node.input(2).const if node.input(2).is_const else self.dev.to_host(inputs[2])
                 if np.size(bias) != N:
                     raise InputError(f"node {node.name!r}: bias must have {N} values, got {np.size(bias)}")
-            upload = self._upload_const if const_w else (lambda a, dtype, how="", f=None, pad_cols=None: self.dev.upload(
-                _pad_cols(f(np.asarray(a)) if f else np.asarray(a), pad_cols or np.shape(a)[-1]), dtype))
+            def upload_input(a, dtype, how="", f=None, pad_cols=None):   # a weight fed at run time
+                host = f(np.asarray(a)) if f else np.asarray(a)
+                return self.dev.upload(host if pad_cols is None else _pad_cols(host, pad_cols), dtype)
+            upload = self._upload_const if const_w else upload_input
             W_dev = upload(W, self.dtype, "pad", pad_cols=Np)
             b_gemm = None if bias is None else upload(bias, self.dtype, "pad", lambda v: v.reshape(-1), pad_cols=Np)
             gemm = Gemm(self.dev, W_dev, b_gemm, act)

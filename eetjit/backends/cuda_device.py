@@ -138,6 +138,9 @@ class Device:
         host = np.ascontiguousarray(host, np.float32)
         n = host.shape[-1] if host.ndim else 1
         cols = n if cols is None else int(cols)
+        if host.size == 0:
+            with self.stream:
+                return self.xp.zeros(host.shape[:-1] + (cols,) if host.ndim else (), dtype)
         rows = host.reshape(-1, n)
         with self.stream:
             out = self.xp.empty((rows.shape[0], cols), dtype)

@@ -74,12 +74,12 @@ def _read_source(op: str, folder: Path, stamps: dict) -> str:
         name = todo.pop()
         if name in seen:
             continue
+        stamps[name] = _stamp(folder / name)       # before reading: an edit in between is seen next time
         try:
             text, _, _ = env.loader.get_source(env, name)
         except jinja2.TemplateNotFound:
             raise FileNotFoundError(f"no {folder.name} template {name!r} in {folder}") from None
         seen[name] = text
-        stamps[name] = _stamp(folder / name)
         todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
     return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
 

@@ -167,3 +167,19 @@ def test_bfloat16_sessions_compute_the_same_with_and_without_avx512_bf16(M):
     without.bf16_dot = False
     assert with_dot.bf16_dot
     assert_close(with_dot.prepare(node, g)(inputs), without.prepare(node, g)(inputs))
+
+
+@pytest.mark.parametrize("dtype", ("float32",) + HALF)
+def test_wrong_input_features_are_an_input_error_and_nans_stay_nan(dtype):
+    """x [4, 6] against a [4, 5] weight has as many elements as 6 rows of 4: an InputError, not a reshape that
+    runs the kernels past the output (they trust the shapes). And NaN inputs give NaN outputs (bfloat16's own
+    rounding keeps a NaN a NaN)."""
+    from eetjit.backends.cpu import CpuBackend
+    backend = CpuBackend(dtype=dtype, verbose=False)
+    rng = np.random.default_rng(7)
+    w, x = values(rng, (4, 5)), values(rng, (4, 6))
+    g, node = single_node("Linear", [x, w], {}, const={1})
+    op = backend.prepare(node, g)
+    with pytest.raises(InputError, match="4 input features"):
+        op([x, w])
+    assert np.isnan(op([np.full((4, 4), np.nan, np.float32), w])[0]).all()
