@@ -130,6 +130,12 @@ def half_bits(w: np.ndarray, dtype: str, node=None) -> np.ndarray:
     return w.astype(ml_dtypes.bfloat16).view(np.uint16)
 
 
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (to nearest even; NaN stays NaN), as float32."""
+    import ml_dtypes
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
 def widen_bits(bits: np.ndarray, dtype: str) -> np.ndarray:
     """uint16 float16/bfloat16 bit patterns -> float32 values (exact)."""
     if dtype == "float16":
@@ -321,8 +327,7 @@ class CpuBackend:
 
             def bf16(x_MK, w, bias_N, y_MN):
                 if x_MK.shape[0] < BF16_TILE[0]:
-                    import ml_dtypes
-                    few(x_MK.astype(ml_dtypes.bfloat16).astype(np.float32), padded, bias_N, y_MN)
+                    few(_round_bf16(x_MK), padded, bias_N, y_MN)
                 else:
                     kern(x_MK, w, bias_N, y_MN)
             return None, bound(bf16, pairs), None
@@ -334,10 +339,7 @@ class CpuBackend:
     def _gemm_input(self, x_MK):
         """x as a GEMM against a 16-bit constant weight reads it: rounded to bfloat16 in a bfloat16 session that
         has no linear_bf16 (which rounds on its own), so that every CPU computes the same values."""
-        if self.weights == "bfloat16" and not self.bf16_dot:
-            import ml_dtypes
-            return x_MK.astype(ml_dtypes.bfloat16).astype(np.float32)
-        return x_MK
+        return _round_bf16(x_MK) if self.weights == "bfloat16" and not self.bf16_dot else x_MK
 
     def _prepare_Linear(self, node, seq_lens):
         act = node.attrs.get("activation", "none")
