@@ -48,6 +48,15 @@ ATTENTION_LANES_GPU = ((64, 16), (None, 32))
 ATTENTION_LANES_SIM = 4
 ATTENTION_GROUPS = {"gpu": 8, "sim": 2}
 ATTENTION_UNROLL = {"gpu": 4, "sim": 2}                  # adjacent columns per group per iteration (loads in flight)
+# attention over the KV cache with 16-byte loads (attention_vec.py.j2), when the head dim is a whole number of
+# 16-byte vectors and the cache is 16-byte aligned: threads per block (lanes per column = the power of two >= the
+# vectors in a row, at most 32); EETJIT_ATTENTION_VEC=0 keeps attention.py.j2 (for A/B measurements)
+ATTENTION_VEC_THREADS = {"gpu": 128, "sim": 8}
+ATTENTION_VEC_BLOCKS_PER_SM = {"gpu": 4, "sim": 4}      # its flash-decoding split (H100: 4 beat 8 and 16 at B32)
+ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
+# A/B knob: "threads,unroll,blocks_per_sm" overrides ATTENTION_VEC_THREADS, ATTENTION_UNROLL and
+# ATTENTION_VEC_BLOCKS_PER_SM for the vector kernel (benchmarks/gpu/ab_decode.sh)
+ATTENTION_VEC_TUNE_ENV = "EETJIT_ATTENTION_VEC_TUNE"
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
 ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
@@ -78,11 +87,21 @@ GEMV_MAX_N = 16384
 GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
 FUSED_WRITE_ENV = "EETJIT_FUSED_KV_WRITE"  # "0": a one-token step writes its K/V column with kv_cache_write first
 GEMV = {"gpu": dict(lanes=32, cpl=2, warps=8, rows_per_warp=8), "sim": dict(lanes=2, cpl=2, warps=2, rows_per_warp=2)}
+# ... and with 16-byte weight loads (vec: each lane a vector of adjacent columns, cpl = the vector's width), when
+# the weight's rows are whole vectors and 16-byte aligned, for at most GEMV_VEC_MAX_M rows (the block's shared sums
+# are warps x rows x lanes x cpl floats); EETJIT_GEMV_VEC=0 keeps the scalar loads
+GEMV_VEC = {"gpu": dict(lanes=32, warps=8, rows_per_warp=4), "sim": dict(lanes=2, warps=2, rows_per_warp=2)}
+GEMV_VEC_MAX_M = 4
+GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
 SCRATCH_SHAPES = 2              # shapes kept per op and scratch name (LRU): the prompt's and the decode step's
 VIEW_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def _env_flag(name: str, default: str = "1") -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off")
 
 
 def _table(rows, value):
@@ -120,7 +139,14 @@ class CudaBackend:
         self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block
         self._index_memo = None                  # (host index array, its device copy): see _token_index
         self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
-        self.attention_fused_write = os.environ.get(FUSED_WRITE_ENV, "1").strip() not in ("0", "false", "no", "off")
+        self.attention_fused_write = _env_flag(FUSED_WRITE_ENV)
+        self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
+        tune = os.environ.get(ATTENTION_VEC_TUNE_ENV)
+        threads, unroll, per_sm = ((int(v) for v in tune.split(",")) if tune else
+                                   (ATTENTION_VEC_THREADS[self.mode], ATTENTION_UNROLL[self.mode],
+                                    ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
+        self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
+        self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
@@ -353,10 +379,14 @@ class CudaBackend:
         N = y_MN.shape[1]
         if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
             return False
-        t = GEMV[self.mode]
+        per_load = 4 if self.dtype == np.float32 else 8
+        vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % per_load == 0 and W_KN.shape[1] % per_load == 0
+               and W_KN.flags.c_contiguous and (self.dev.simulated or _ptr(W_KN) % 16 == 0))
+        t = dict(GEMV_VEC[self.mode], cpl=per_load) if vec else GEMV[self.mode]
         tn, kc = t["lanes"] * t["cpl"], t["warps"] * t["rows_per_warp"]
         tiles, ksplit = -(-N // tn), -(-K // kc)
-        kern = self.kernel("gemv", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, **t)
+        kern = self.kernel("gemv", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, vec=vec,
+                           **t)
         if ksplit > 1:
             part = scratch.get("gemv_part", (ksplit, M, tiles * tn), np.float32)
             count = scratch.get("gemv_count", (tiles,), np.int32, zeros=True)    # reset by each tile's last block
@@ -556,16 +586,29 @@ class CudaBackend:
         return run
 
     # --- attention ----------------------------------------------------------------------------------------------
-    def attention_launch(self, row_blocks: int, max_cols: int) -> tuple[int, int]:
+    def attention_launch(self, row_blocks: int, max_cols: int, blocks_per_sm: int | None = None) -> tuple[int, int]:
         """(splits, chunk): how many blocks share one query row's key columns, and how many each takes."""
         max_cols = max(int(max_cols), 1)
         cap = -(-max_cols // self.attention_min_chunk)
-        want = -(-self.dev.sm_count * self.attention_blocks_per_sm // max(row_blocks, 1))
+        per_sm = self.attention_blocks_per_sm if blocks_per_sm is None else blocks_per_sm
+        want = -(-self.dev.sm_count * per_sm // max(row_blocks, 1))
         splits = max(1, min(cap, want))
         chunk = -(-max_cols // splits)
         return -(-max_cols // chunk), chunk
 
-    def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False):
+    def _vector_attention(self, layout, D, cache) -> bool:
+        """Whether attention over this KV cache runs attention_vec.py.j2 (16-byte loads of its rows)."""
+        return (layout == "cache" and self.attention_vec and D % (4 if self.dtype == np.float32 else 8) == 0
+                and all(self.dev.simulated or _ptr(c) % 16 == 0 for c in cache))
+
+    def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False, vec=False):
+        if vec:
+            lanes = min(32, 1 << (D // (4 if self.dtype == np.float32 else 8) - 1).bit_length())
+            groups = max(1, self.attention_vec_tune["threads"] // lanes)
+            kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
+                               groups=groups, unroll=self.attention_vec_tune["unroll"], split=split,
+                               fused_write=fused_write)
+            return kern, lanes * groups
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
         groups = ATTENTION_GROUPS[self.mode]
         consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, lanes=lanes, groups=groups,
@@ -670,8 +713,11 @@ class CudaBackend:
                 kern, threads, qt = tiled
                 self.dev.launch(kern, (-(-S // qt), B * H), threads, q, *kv_args, *bounds_args, y)
                 return
-        splits, chunk = self.attention_launch(S * B * H, max_cols)
-        kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1, new_kv is not None)
+        vec = self._vector_attention(layout, D, kv_args)
+        splits, chunk = self.attention_launch(S * B * H, max_cols,
+                                              self.attention_vec_tune["blocks_per_sm"] if vec else None)
+        kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1, new_kv is not None,
+                                                vec)
         if splits > 1:
             part_ml = scratch.get("ml", (B, H, S, splits, 2), np.float32)
             part_acc = scratch.get("acc", (B, H, S, splits, D), np.float32)

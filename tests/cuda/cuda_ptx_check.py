@@ -23,7 +23,7 @@ def cases(quick=False):
     for c in _cases():
         if quick:
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
-                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("has_ids"), c[2].get("advance"),
+                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")))
             if c[0] == "float32" or key in seen:
                 continue
@@ -48,8 +48,14 @@ def _cases():
         gemv = dict(lanes=32, cpl=2, warps=8, rows_per_warp=8)
         for M, K, N, ksplit, act in ((1, 768, 2304, 12, "none"), (1, 768, 3072, 12, "gelu_tanh"),
                                      (8, 3072, 768, 48, "silu"), (4, 64, 97, 1, "none")):
-            yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True), \
+            yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True,
+                                   vec=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+            if M <= 4:
+                yield dt, "gemv", dict(lanes=32, warps=8, rows_per_warp=4, cpl=4 if dt == "float32" else 8,
+                                       m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
+                                       has_bias=True, vec=True), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]
         yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,
@@ -71,6 +77,14 @@ def _cases():
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
                 yield dt, "attention", dict(common, layout="bshd", causal=True), \
                     [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :]", "int64[:, ::1]", "int64", a3] + parts
+                vec = 4 if dt == "float32" else 8
+                vl = min(32, 1 << (D // vec - 1).bit_length())
+                for fused_write in (False, True):
+                    yield dt, "attention_vec", dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=vl,
+                                                    groups=max(1, 128 // vl), unroll=4, split=split,
+                                                    fused_write=fused_write), \
+                        [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
+                         "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
             tiled = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=32, warps=4, rows=4,
                          kt=32 if D <= 128 else 8)
             yield dt, "attention_tiled", dict(tiled, layout="cache"), \

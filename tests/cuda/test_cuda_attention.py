@@ -20,10 +20,13 @@ def _backend(dtype, split, kernel="auto"):
     kernel: "auto" (the launch table), "tiled" (the tiled kernel for any number of query rows), "gemm" (the
     batched-GEMM attention for any number of rows, in batch chunks of one sequence), "rows" (neither)."""
     from eetjit.backends.cuda import ATTENTION_GEMM_MAX_BYTES, ATTENTION_GEMM_MIN_ROWS, ATTENTION_TILE_MIN_ROWS
+    from eetjit.backends.cuda import ATTENTION_VEC_BLOCKS_PER_SM
     b = get_backend(dtype)
     b.attention_blocks_per_sm, b.attention_min_chunk = {
         "auto": (8 if not SIMULATED else 4, 64 if not SIMULATED else 4),
         "force": (10 ** 6, 2), "never": (1, 10 ** 9)}[split]
+    b.attention_vec_tune["blocks_per_sm"] = (b.attention_blocks_per_sm if split != "auto"
+                                             else ATTENTION_VEC_BLOCKS_PER_SM[b.mode])
     never = 10 ** 9
     b.attention_tile_min_rows = {"auto": ATTENTION_TILE_MIN_ROWS[b.mode], "tiled": 1}.get(kernel, never)
     b.attention_gemm_min_rows = {"auto": ATTENTION_GEMM_MIN_ROWS[b.mode], "gemm": 1}.get(kernel, never)
@@ -106,6 +109,27 @@ def test_cached_attention_decode(where, hh, D, B, T, frac, split, fused_write, d
         _check_cached(backend, dtype, hh, D, B, 1, t0, T, seed)
     finally:
         backend.attention_fused_write = True
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(pick((8, 16, 24, 40), (64, 80, 96, 128, 256))), B=st.integers(1, pick(2, 8)),
+       T=st.sampled_from(pick((5, 12), (64, 640, 4096))), frac=st.floats(0, 1),
+       split=st.sampled_from(["auto", "force", "never"]), vec=st.booleans(), dtype=DTYPES, seed=seeds)
+def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, vec, dtype, seed):
+    """Head dims that are whole 16-byte vectors take attention_vec.py.j2 (16-byte loads of the cache; ragged
+    rows such as 24 or 80, where the vectors do not fill the lanes, included); EETJIT_ATTENTION_VEC=0 (vec
+    False) keeps attention.py.j2. Both give the reference's result."""
+    backend = _backend(dtype, split, "auto")
+    backend.attention_vec = vec
+    per_load = 4 if dtype == "float32" else 8
+    backend._kernels.clear()          # the backend's memo of the kernels it asked for (codegen keeps the modules)
+    try:
+        _check_cached(backend, dtype, hh, D, B, 1, min(int(frac * T), T - 1), T, seed)
+        used = {memo[0] for memo in backend._kernels}
+        assert ("attention_vec" in used) == (vec and D % per_load == 0), used
+    finally:
+        backend.attention_vec = True
+        backend._kernels.clear()
 
 
 def test_decode_reads_the_step_from_the_device(where):

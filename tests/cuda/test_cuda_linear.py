@@ -23,11 +23,12 @@ def _scale(dtype, K):
 
 @SETTINGS
 @given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(6, 40)),
-       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv"]),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv", "gemv-scalar"]),
        dtype=DTYPES, seed=seeds)
 def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
-    simulator's matmul), "gemv" (the GEMV kernel for any number of rows, K split over several blocks)."""
+    simulator's matmul), "gemv" (the GEMV kernel for any number of rows, K split over several blocks; 16-byte
+    weight loads where the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads)."""
     backend = _path(get_backend(dtype), path)
     rng = np.random.default_rng(seed)
     x = values(rng, (M, K)) / np.sqrt(K)
@@ -41,7 +42,8 @@ def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
 
 def _path(backend, path):
     from eetjit.backends.cuda import GEMV_MAX_M
-    backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv": 10 ** 6}[path]
+    backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0}.get(path, 10 ** 6)
+    backend.gemv_vec = path != "gemv-scalar"
     return backend
 
 
@@ -94,11 +96,15 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
-                                     (pick(4, 8), pick(17, 1000), pick(9, 97))])
-def test_gemv_many_chunks(where, M, K, N, dtype):
+                                     (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072))])
+@pytest.mark.parametrize("vec", [True, False])
+def test_gemv_many_chunks(where, M, K, N, dtype, vec):
     """The GEMV kernel with K split over several blocks (the last block of a tile adds the chunks) and partial
-    column tiles; run twice, so the per-tile counters are seen reset by the first launch."""
-    backend = _path(get_backend(dtype), "gemv")
+    column tiles; run twice, so the per-tile counters are seen reset by the first launch. vec: 16-byte weight
+    loads where the shape allows (widths of whole vectors, M <= 4), checked to be the variant that ran."""
+    from eetjit.backends.cuda import GEMV_VEC_MAX_M
+    backend = _path(get_backend(dtype), "gemv" if vec else "gemv-scalar")
+    backend._kernels.clear()
     rng = np.random.default_rng(M * 1000 + K)
     W, bias = values(rng, (K, N)), values(rng, (N,))
     g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "gelu_tanh"}, const={1, 2})
@@ -107,6 +113,8 @@ def test_gemv_many_chunks(where, M, K, N, dtype):
         x = values(rng, (1, M, K)) / np.sqrt(K)
         want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
         assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    ran_vec = {dict(memo[2]).get("vec") for memo in backend._kernels if memo[0] == "gemv"}
+    assert ran_vec == {vec and M <= GEMV_VEC_MAX_M and N % (4 if dtype == "float32" else 8) == 0}, ran_vec
     _path(backend, "auto")
 
 
