@@ -147,6 +147,7 @@ class CudaBackend:
                                     ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
         self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
+        self.per_load = 4 if self.dtype == np.float32 else 8      # storage elements in one 16-byte load
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
@@ -379,10 +380,10 @@ class CudaBackend:
         N = y_MN.shape[1]
         if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
             return False
-        per_load = 4 if self.dtype == np.float32 else 8
-        vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % per_load == 0 and W_KN.shape[1] % per_load == 0
-               and W_KN.flags.c_contiguous and (self.dev.simulated or _ptr(W_KN) % 16 == 0))
-        t = dict(GEMV_VEC[self.mode], cpl=per_load) if vec else GEMV[self.mode]
+        vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % self.per_load == 0
+               and W_KN.shape[1] % self.per_load == 0 and W_KN.flags.c_contiguous
+               and (self.dev.simulated or _ptr(W_KN) % 16 == 0))
+        t = dict(GEMV_VEC[self.mode], cpl=self.per_load) if vec else GEMV[self.mode]
         tn, kc = t["lanes"] * t["cpl"], t["warps"] * t["rows_per_warp"]
         tiles, ksplit = -(-N // tn), -(-K // kc)
         kern = self.kernel("gemv", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, vec=vec,
@@ -598,12 +599,12 @@ class CudaBackend:
 
     def _vector_attention(self, layout, D, cache) -> bool:
         """Whether attention over this KV cache runs attention_vec.py.j2 (16-byte loads of its rows)."""
-        return (layout == "cache" and self.attention_vec and D % (4 if self.dtype == np.float32 else 8) == 0
+        return (layout == "cache" and self.attention_vec and D % self.per_load == 0
                 and all(self.dev.simulated or _ptr(c) % 16 == 0 for c in cache))
 
     def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False, vec=False):
         if vec:
-            lanes = min(32, 1 << (D // (4 if self.dtype == np.float32 else 8) - 1).bit_length())
+            lanes = min(32, 1 << (D // self.per_load - 1).bit_length())
             groups = max(1, self.attention_vec_tune["threads"] // lanes)
             kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
                                groups=groups, unroll=self.attention_vec_tune["unroll"], split=split,
