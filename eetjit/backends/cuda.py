@@ -78,11 +78,14 @@ ATTENTION_GEMM_MAX_BYTES = 128 << 20
 SOFTMAX_WARP_MAX_COLS = 2048
 SOFTMAX_WARP_THREADS = {"gpu": 128, "sim": 8}          # rows per block = threads / lanes
 SOFTMAX_LANES = {"gpu": 32, "sim": 4}                  # lanes per row: a warp (the simulator: a group of 4)
-# GEMMs of at most this many rows (decode steps of small batches) run on the GEMV kernel (gemv.py.j2) rather than
-# cuBLASLt, whose launch and tail cost several microseconds over the time to read the weight at M = 1. Its tile:
+# GEMMs of at most this many rows (decode steps of small batches) run on a GEMV kernel (gemv_nk.py.j2, else
+# gemv.py.j2) rather than cuBLASLt, whose launch and tail cost several microseconds over the time to read the weight
+# at M = 1. The gemv.py.j2 tile:
 # lanes x cpl adjacent columns, warps x rows_per_warp rows of K per block. Widths past GEMV_MAX_N (an LM head)
 # stay with cuBLASLt.
-GEMV_MAX_M = {"gpu": 0, "sim": 0}     # off: on the H100 it lost to cuBLASLt (benchmarks/gpu/NOTES.md); tests force it
+# GPU: one row only. gemv_nk beat cuBLASLt at M = 1 on the H100 (B1 decode step 0.558 -> 0.484 ms) and lost at
+# M = 8 (B8 0.595 -> 0.673); gemv.py.j2 lost at every M (benchmarks/gpu/NOTES.md). The simulator: off (tests force it)
+GEMV_MAX_M = {"gpu": 1, "sim": 0}
 GEMV_MAX_N = 16384
 GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
 FUSED_WRITE_ENV = "EETJIT_FUSED_KV_WRITE"  # "0": a one-token step writes its K/V column with kv_cache_write first
@@ -93,6 +96,11 @@ GEMV = {"gpu": dict(lanes=32, cpl=2, warps=8, rows_per_warp=8), "sim": dict(lane
 GEMV_VEC = {"gpu": dict(lanes=32, warps=8, rows_per_warp=4), "sim": dict(lanes=2, warps=2, rows_per_warp=2)}
 GEMV_VEC_MAX_M = 4
 GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
+# ... or, first choice, gemv_nk.py.j2: a group of lanes per output column over a [N, K] copy of the weight (made on
+# the first such call, kept by the Gemm), no split-K; for K of whole 16-byte vectors and a contiguous, aligned x;
+# EETJIT_GEMV_NK=0 keeps gemv.py.j2
+GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
+GEMV_NK_ENV = "EETJIT_GEMV_NK"
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -147,6 +155,7 @@ class CudaBackend:
                                     ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
         self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
+        self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.per_load = 4 if self.dtype == np.float32 else 8      # storage elements in one 16-byte load
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
@@ -345,7 +354,7 @@ class CudaBackend:
                     base = self._shared_scratch.get("split", (M, N), self.dtype)
                 elif base is None:
                     base = self.empty((M, N))          # first run: the outputs are views of a new block
-                if not self._gemv(scratch, gemm.W_KN, gemv_bias, has_bias, act, x_MK, base):
+                if not self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, base):
                     gemm(x_MK, base)
                     self._epilogue(epilogue, base)
                 views, o = [], 0
@@ -361,7 +370,7 @@ class CudaBackend:
                 return views
             y = self._output(out, 0, lead + (N,))
             y_MN = y.reshape(M, N)
-            if self._gemv(scratch, gemm.W_KN, gemv_bias, has_bias, act, x_MK, y_MN):
+            if self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, y_MN):
                 return [y]
             if Np != N:
                 y_pad = scratch.get("pad", (M, Np), self.dtype)
@@ -373,13 +382,26 @@ class CudaBackend:
             return [y]
         return run
 
-    def _gemv(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN) -> bool:
-        """y = act(x @ W[:, :N] + bias) by the GEMV kernel (gemv.py.j2) when x has few rows (a decode step):
-        one launch, bias and activation applied in it. False (nothing done) when cuBLASLt should do it."""
+    def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN) -> bool:
+        """y = act(x @ W[:, :N] + bias) by a GEMV kernel (gemv_nk.py.j2, else gemv.py.j2) when x has few rows (a
+        decode step): one launch, bias and activation applied in it. False (nothing done) when cuBLASLt should."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
         if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
             return False
+        W_KN = gemm.W_KN
+        if (self.gemv_nk and K % self.per_load == 0 and x_MK.flags.c_contiguous
+                and (self.dev.simulated or _ptr(x_MK) % 16 == 0)):
+            W_NK = getattr(gemm, "W_NK", None)
+            if W_NK is None or W_NK.shape[0] != N:
+                if self.dev.capturing:
+                    raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
+                W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
+                self.dev.copy(W_NK, W_KN[:, :N].T)
+            t = GEMV_NK[self.mode]
+            kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
+            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN)
+            return True
         vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % self.per_load == 0
                and W_KN.shape[1] % self.per_load == 0 and W_KN.flags.c_contiguous
                and (self.dev.simulated or _ptr(W_KN) % 16 == 0))

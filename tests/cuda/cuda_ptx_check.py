@@ -51,6 +51,8 @@ def _cases():
             yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True,
                                    vec=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+            yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True), \
+                [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if M <= 4:
                 yield dt, "gemv", dict(lanes=32, warps=8, rows_per_warp=4, cpl=4 if dt == "float32" else 8,
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,

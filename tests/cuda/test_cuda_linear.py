@@ -23,12 +23,13 @@ def _scale(dtype, K):
 
 @SETTINGS
 @given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(6, 40)),
-       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv", "gemv-scalar"]),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv-nk", "gemv", "gemv-scalar"]),
        dtype=DTYPES, seed=seeds)
 def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
-    simulator's matmul), "gemv" (the GEMV kernel for any number of rows, K split over several blocks; 16-byte
-    weight loads where the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads)."""
+    simulator's matmul), "gemv-nk" (gemv_nk.py.j2 on a [N, K] copy of the weight, where K is whole 16-byte
+    vectors), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
+    the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads)."""
     backend = _path(get_backend(dtype), path)
     rng = np.random.default_rng(seed)
     x = values(rng, (M, K)) / np.sqrt(K)
@@ -44,6 +45,7 @@ def _path(backend, path):
     from eetjit.backends.cuda import GEMV_MAX_M
     backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0}.get(path, 10 ** 6)
     backend.gemv_vec = path != "gemv-scalar"
+    backend.gemv_nk = path in ("auto", "gemv-nk")
     return backend
 
 
@@ -97,13 +99,14 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072))])
-@pytest.mark.parametrize("vec", [True, False])
-def test_gemv_many_chunks(where, M, K, N, dtype, vec):
-    """The GEMV kernel with K split over several blocks (the last block of a tile adds the chunks) and partial
-    column tiles; run twice, so the per-tile counters are seen reset by the first launch. vec: 16-byte weight
-    loads where the shape allows (widths of whole vectors, M <= 4), checked to be the variant that ran."""
+@pytest.mark.parametrize("kernel", ["nk", "vec", "scalar"])
+def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
+    """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
+    chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
+    weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
+    (nk: one lane group per output column, where K is whole vectors). Checked to be the variant that ran."""
     from eetjit.backends.cuda import GEMV_VEC_MAX_M
-    backend = _path(get_backend(dtype), "gemv" if vec else "gemv-scalar")
+    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar"}[kernel])
     backend._kernels.clear()
     rng = np.random.default_rng(M * 1000 + K)
     W, bias = values(rng, (K, N)), values(rng, (N,))
@@ -113,8 +116,13 @@ def test_gemv_many_chunks(where, M, K, N, dtype, vec):
         x = values(rng, (1, M, K)) / np.sqrt(K)
         want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
         assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
-    ran_vec = {dict(memo[2]).get("vec") for memo in backend._kernels if memo[0] == "gemv"}
-    assert ran_vec == {vec and M <= GEMV_VEC_MAX_M and N % (4 if dtype == "float32" else 8) == 0}, ran_vec
+    per_load = 4 if dtype == "float32" else 8
+    ran = {"nk" if memo[0] == "gemv_nk" else dict(memo[2]).get("vec") for memo in backend._kernels
+           if memo[0] in ("gemv", "gemv_nk")}
+    if kernel == "nk" and K % per_load == 0:
+        assert ran == {"nk"}, ran
+    else:
+        assert ran == {kernel != "scalar" and M <= GEMV_VEC_MAX_M and N % per_load == 0}, ran
     _path(backend, "auto")
 
 
