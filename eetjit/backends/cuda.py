@@ -40,6 +40,7 @@ from eetjit.ir import Graph, Node
 # threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
 ROW_THREADS_GPU = ((1024, 128), (4096, 256), (None, 512))
 ROW_THREADS_SIM = 8
+NORM_THREADS_ENV = "EETJIT_NORM_THREADS"     # A/B knob: threads per block of the norm kernels (a multiple of 32)
 ELEMENTWISE_THREADS = {"gpu": 256, "sim": 8}
 ELEMENTWISE_BLOCKS_PER_SM = {"gpu": 16, "sim": 2}       # grid-stride loops: at most this many blocks per SM
 ARGMAX_THREADS = {"gpu": 512, "sim": 8}
@@ -156,6 +157,7 @@ class CudaBackend:
         self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
+        self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         self.per_load = 4 if self.dtype == np.float32 else 8      # storage elements in one 16-byte load
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
@@ -266,7 +268,7 @@ class CudaBackend:
             E = shape[-1]
             N = math.prod(shape[:-1])
             a_NE = self._contiguous(a).reshape(N, E)
-            threads = self.row_threads(E)
+            threads = self.norm_threads or self.row_threads(E)
             kern = self.kernel(op, hidden=E, threads=threads, **consts)
             args = [a_NE]
             if add:
