@@ -74,6 +74,7 @@ ATTENTION_TILE_SMEM = 46 * 1024     # static shared memory a tiled block may use
 ATTENTION_GEMM_MIN_ROWS = {"gpu": 16, "sim": 3}
 ATTENTION_GEMM_ENV = "EETJIT_ATTENTION_GEMM_MIN_ROWS"      # override (a huge number: never), for A/B measurements
 ATTENTION_GEMM_MAX_BYTES = 128 << 20
+ATTENTION_GEMM_MAX_BYTES_ENV = "EETJIT_ATTENTION_GEMM_MAX_MB"   # override, in MiB (A/B of memory against speed)
 # The GEMM attention's softmax: rows of at most this many key columns go one warp per row, the row in registers
 # (columns per lane = the power of two >= T / 32: one compiled variant per bucket); longer rows one block per row.
 SOFTMAX_WARP_MAX_COLS = 2048
@@ -141,7 +142,8 @@ class CudaBackend:
         self.attention_blocks_per_sm = ATTENTION_BLOCKS_PER_SM[self.mode]
         self.attention_tile_min_rows = ATTENTION_TILE_MIN_ROWS[self.mode]
         self.attention_gemm_min_rows = int(os.environ.get(ATTENTION_GEMM_ENV, ATTENTION_GEMM_MIN_ROWS[self.mode]))
-        self.attention_gemm_max_bytes = ATTENTION_GEMM_MAX_BYTES
+        self.attention_gemm_max_bytes = int(os.environ.get(ATTENTION_GEMM_MAX_BYTES_ENV, 0)) << 20 \
+            or ATTENTION_GEMM_MAX_BYTES
         self.attention_gemm_chunk = None          # sequences per batch chunk (None: as many as the budget allows)
         self._batched = BatchedGemm(self.dev)
         self._attn_scratch = _Scratch(self)      # shared by every attention op: they run one after another
