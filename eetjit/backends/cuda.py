@@ -160,6 +160,9 @@ class CudaBackend:
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
+        if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
+            raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
+                             "at most 1024 (0: the launch table)")
         self.per_load = 4 if self.dtype == np.float32 else 8      # storage elements in one 16-byte load
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
@@ -396,7 +399,7 @@ class CudaBackend:
         W_KN = gemm.W_KN
         if (self.gemv_nk and K % self.per_load == 0 and x_MK.flags.c_contiguous
                 and (self.dev.simulated or _ptr(x_MK) % 16 == 0)):
-            W_NK = getattr(gemm, "W_NK", None)
+            W_NK = gemm.W_NK
             if W_NK is None or W_NK.shape[0] != N:
                 if self.dev.capturing:
                     raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")

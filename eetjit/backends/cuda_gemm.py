@@ -49,6 +49,7 @@ class Gemm:
         self.bias_N = bias_N if self.fused_bias else None
         self._plans: OrderedDict = OrderedDict()
         self.inplace = True     # False once nvmath refused to write into y: results are copied (not capturable)
+        self.W_NK = None        # the weight as [N, K], made by the backend's first one-row GEMV (gemv_nk.py.j2)
 
     def __call__(self, x_MK, y_MN) -> None:
         """y_MN[...] = x_MK @ W (with the fused epilogue). y_MN is C-contiguous; x_MK has unit column stride."""
