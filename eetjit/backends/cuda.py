@@ -17,7 +17,7 @@ Everything an op launches can be captured into a CUDA graph (eetjit.runtime.cuda
 per decode step (token ids, positions, pad counts, the step) are read by the kernels from device memory, never
 baked in as launch arguments; attention of a one-token step is sized by the cache capacity, not the current
 length; and no op allocates when it is handed its `out` buffers (temporaries live in per-op scratch that a
-captured step keeps alive).
+captured step keeps alive; the one-row GEMV's [N, K] weight copy is made once, at its first run, which is eager).
 """
 from __future__ import annotations
 
