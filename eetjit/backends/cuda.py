@@ -103,6 +103,7 @@ GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
 # EETJIT_GEMV_NK=0 keeps gemv.py.j2
 GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
 GEMV_NK_ENV = "EETJIT_GEMV_NK"
+GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides GEMV_NK (benchmarks/gpu/ab_decode.sh)
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -159,6 +160,9 @@ class CudaBackend:
         self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
+        tune = os.environ.get(GEMV_NK_TUNE_ENV)
+        self.gemv_nk_tune = (dict(zip(("lanes", "groups"), (int(v) for v in tune.split(",")))) if tune
+                             else GEMV_NK[self.mode])
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
@@ -405,7 +409,7 @@ class CudaBackend:
                     raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
                 self.dev.copy(W_NK, W_KN[:, :N].T)
-            t = GEMV_NK[self.mode]
+            t = self.gemv_nk_tune
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
             self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN)
             return True
