@@ -115,6 +115,17 @@ def _env_flag(name: str, default: str = "1") -> bool:
     return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off")
 
 
+def _env_tune(name: str, default: dict) -> dict:
+    """`default`, or the comma-separated integers of $name for its keys in order (an A/B knob)."""
+    text = os.environ.get(name)
+    if not text:
+        return dict(default)
+    values = [int(v) for v in text.split(",")]
+    if len(values) != len(default):
+        raise ValueError(f"{name}={text!r}: expected {len(default)} integers ({','.join(default)})")
+    return dict(zip(default, values))
+
+
 def _table(rows, value):
     for limit, out in rows:
         if limit is None or value <= limit:
@@ -153,16 +164,12 @@ class CudaBackend:
         self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
         self.attention_fused_write = _env_flag(FUSED_WRITE_ENV)
         self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
-        tune = os.environ.get(ATTENTION_VEC_TUNE_ENV)
-        threads, unroll, per_sm = ((int(v) for v in tune.split(",")) if tune else
-                                   (ATTENTION_VEC_THREADS[self.mode], ATTENTION_UNROLL[self.mode],
-                                    ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
-        self.attention_vec_tune = dict(threads=threads, unroll=unroll, blocks_per_sm=per_sm)
+        self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
+            threads=ATTENTION_VEC_THREADS[self.mode], unroll=ATTENTION_UNROLL[self.mode],
+            blocks_per_sm=ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
-        tune = os.environ.get(GEMV_NK_TUNE_ENV)
-        self.gemv_nk_tune = (dict(zip(("lanes", "groups"), (int(v) for v in tune.split(",")))) if tune
-                             else GEMV_NK[self.mode])
+        self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
@@ -404,7 +411,7 @@ class CudaBackend:
         if (self.gemv_nk and K % self.per_load == 0 and x_MK.flags.c_contiguous
                 and (self.dev.simulated or _ptr(x_MK) % 16 == 0)):
             W_NK = gemm.W_NK
-            if W_NK is None or W_NK.shape[0] != N:
+            if W_NK is None:                        # N is the node's (unpadded) width: the same every run
                 if self.dev.capturing:
                     raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
