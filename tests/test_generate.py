@@ -197,6 +197,9 @@ def test_bert_batch_runs_packed(sessions):
     assert sess.stats["packed_runs"] == before + 1
     packed_graph = sess._packed_plan().graph
     assert sum(n.op_type == "Pack" for n in packed_graph.nodes) >= 1
+    attention = [n for n in packed_graph.nodes if n.op_type == "Attention"]
+    assert attention and all(n.attrs.get("pad_rows_unused") == 1 for n in attention)     # each feeds a Pack only
+    assert all(n.attrs.get("pad_rows_unused") is None for n in sess.graph.nodes)          # the padded graph's do not
     (want,) = eetjit.compile(fixture_path("bert-ts14-sdpa"), fuse=False, verbose=False).run(None, feeds)
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)

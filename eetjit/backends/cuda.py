@@ -43,6 +43,7 @@ ROW_THREADS_SIM = 8
 NORM_THREADS_ENV = "EETJIT_NORM_THREADS"     # A/B knob: threads per block of the norm kernels (a multiple of 32)
 ELEMENTWISE_THREADS = {"gpu": 256, "sim": 8}
 ELEMENTWISE_BLOCKS_PER_SM = {"gpu": 16, "sim": 2}       # grid-stride loops: at most this many blocks per SM
+EPILOGUE_UNROLL = {"gpu": 4, "sim": 2}                 # linear_epilogue: elements per thread per pass (loads in flight)
 ARGMAX_THREADS = {"gpu": 512, "sim": 8}
 # attention: lanes per key column (a power of two <= 32) by head dim, and columns in flight per block
 ATTENTION_LANES_GPU = ((64, 16), (None, 32))
@@ -72,6 +73,14 @@ ATTENTION_TILE_SMEM = 46 * 1024     # static shared memory a tiled block may use
 # attention runs as two batched tensor-core GEMMs around a softmax kernel (CudaBackend._gemm_attention), as long as
 # its scores (float32) and probabilities fit ATTENTION_GEMM_MAX_BYTES; past that the tiled kernel streams them.
 ATTENTION_GEMM_MIN_ROWS = {"gpu": 16, "sim": 3}
+# ... but first, for float16/bfloat16 with head dims of whole 16-element k-steps up to ATTENTION_MMA_MAX_D (the
+# accumulators stay in registers): flash attention on the tensor cores (attention_mma.py.j2), which reads K/V once
+# per 16 * warps query rows, skips key tiles outside a row's range and never stores the scores.
+# EETJIT_ATTENTION_MMA=0 keeps the GEMM path (A/B measurements).
+ATTENTION_MMA = {"gpu": dict(warps=4, kt=64), "sim": dict(warps=1, kt=16)}
+ATTENTION_MMA_MIN_ROWS = {"gpu": 16, "sim": 3}
+ATTENTION_MMA_MAX_D = 128
+ATTENTION_MMA_ENV = "EETJIT_ATTENTION_MMA"
 ATTENTION_GEMM_ENV = "EETJIT_ATTENTION_GEMM_MIN_ROWS"      # override (a huge number: never), for A/B measurements
 ATTENTION_GEMM_MAX_BYTES = 128 << 20
 ATTENTION_GEMM_MAX_BYTES_ENV = "EETJIT_ATTENTION_GEMM_MAX_MB"   # override, in MiB (A/B of memory against speed)
@@ -157,6 +166,8 @@ class CudaBackend:
         self.attention_gemm_max_bytes = int(os.environ.get(ATTENTION_GEMM_MAX_BYTES_ENV, 0)) << 20 \
             or ATTENTION_GEMM_MAX_BYTES
         self.attention_gemm_chunk = None          # sequences per batch chunk (None: as many as the budget allows)
+        self.attention_mma_min_rows = (ATTENTION_MMA_MIN_ROWS[self.mode] if _env_flag(ATTENTION_MMA_ENV)
+                                       else float("inf"))
         self._batched = BatchedGemm(self.dev)
         self._attn_scratch = _Scratch(self)      # shared by every attention op: they run one after another
         self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block
@@ -188,7 +199,11 @@ class CudaBackend:
         return self.dev.zeros(tuple(int(s) for s in shape), self.dtype if dtype is None else dtype)
 
     def to_host(self, x):
-        """A device (or host) array as a NumPy array; float16/bfloat16 come back as float32."""
+        """A device (or host) array as a NumPy array; float16/bfloat16 come back as float32 (float16 widened on
+        the device: a fraction of the host's time for it)."""
+        if self.dev.on_device(x) and not self.dev.simulated and x.dtype == np.float16:
+            with self.dev.stream:
+                x = x.astype(np.float32)
         h = self.dev.to_host(x)
         if isinstance(h, np.ndarray) and (h.dtype == np.float16 or is_bfloat16(h.dtype)):
             h = h.astype(np.float32)
@@ -342,7 +357,8 @@ class CudaBackend:
             epi_act = "none" if gemm.fused_activation else act
             epilogue = None
             if epi_bias or epi_act != "none":
-                epilogue = (self.kernel("linear_epilogue", width=N, activation=epi_act, has_bias=epi_bias),
+                epilogue = (self.kernel("linear_epilogue", width=N, activation=epi_act, has_bias=epi_bias,
+                                        threads=ELEMENTWISE_THREADS[self.mode], unroll=EPILOGUE_UNROLL[self.mode]),
                             upload(bias, np.float32, "flat", lambda v: v.reshape(-1)) if epi_bias
                             else self._dummy1())
             gemv_bias = upload(bias, np.float32, "flat", lambda v: v.reshape(-1)) if has_bias else self._dummy1()
@@ -440,7 +456,9 @@ class CudaBackend:
         if epilogue is None or y_MN.size == 0:
             return
         kern, bias = epilogue
-        self.dev.launch(kern, self.elementwise_grid(y_MN.size), ELEMENTWISE_THREADS[self.mode], y_MN, bias)
+        M = y_MN.shape[0]
+        blocks = max(1, min(M, self.dev.sm_count * ELEMENTWISE_BLOCKS_PER_SM[self.mode]))
+        self.dev.launch(kern, blocks, ELEMENTWISE_THREADS[self.mode], y_MN, bias)
 
     def _prepare_SwiGLU(self, node):
         # One GEMM against [W_gate | W_up] (concatenated once, here), then the SwiGLU epilogue kernel.
@@ -660,6 +678,27 @@ class CudaBackend:
             consts["fused_write"] = fused_write
         return self.kernel("attention", **consts), lanes * groups
 
+    def _mma_attention(self, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, y,
+                       skip_pad_rows=False) -> bool:
+        """Flash attention on the tensor cores (attention_mma.py.j2) when it can run here: False (nothing done)
+        for float32, head dims not whole k-steps of 16 or past ATTENTION_MMA_MAX_D, a GPU before sm_80, or K/V rows
+        that 16-byte loads cannot read (unaligned base or strides) and q rows that 4-byte loads cannot."""
+        if not (self.dtype.itemsize == 2 and D % 16 == 0 and D <= ATTENTION_MMA_MAX_D and self.dev.mma_sync):
+            return False
+        if not self.dev.simulated:
+            if not all(_ptr(a) % 16 == 0 and all(st % 16 == 0 for st in a.strides[:-1]) for a in kv_args):
+                return False
+            if _ptr(q) % 4 or any(st % 4 for st in q.strides[:-1]):
+                return False
+        tune = ATTENTION_MMA[self.mode]
+        consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, **tune)
+        if layout == "bshd":
+            consts.update(causal=causal, skip_pad_rows=skip_pad_rows)
+        qt = 16 * tune["warps"]
+        self.dev.launch(self.kernel("attention_mma", **consts), (-(-S // qt), B * H), 32 * tune["warps"], q,
+                        *kv_args, *bounds_args, y)
+        return True
+
     def _tiled_attention(self, H, Hkv, D, scale, layout, causal):
         """(kernel, threads, query rows per block) of the tiled attention, or None when its tiles would not fit
         in shared memory (head dims past 256)."""
@@ -741,9 +780,14 @@ class CudaBackend:
         return True
 
     def _run_attention(self, scratch, q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, max_cols,
-                       y, new_kv=None, gemm_cols=None):
+                       y, new_kv=None, gemm_cols=None, skip_pad_rows=False):
         """One attention launch (or the batched-GEMM attention). new_kv = (k, v) of a one-token step whose cache
-        write the kernel does itself; gemm_cols = the key columns when known on the host (the GEMM path's T)."""
+        write the kernel does itself; gemm_cols = the key columns when known on the host (the GEMM path's T);
+        skip_pad_rows: rows outside the ranges may stay unwritten (pad_rows_unused)."""
+        if (S >= self.attention_mma_min_rows and new_kv is None
+                and self._mma_attention(q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, y,
+                                        skip_pad_rows)):
+            return
         if (S >= self.attention_gemm_min_rows and new_kv is None and gemm_cols is not None
                 and self._gemm_attention(q, kv_args, bounds_args, B, S, H, Hkv, D, scale, layout, causal, gemm_cols,
                                          y)):
@@ -773,6 +817,7 @@ class CudaBackend:
     def _prepare_Attention(self, node):
         H, Hkv, D, scale = _heads(node.attrs)
         causal = bool(node.attrs.get("causal", 0))
+        skip_pad_rows = bool(node.attrs.get("pad_rows_unused", 0))
         scratch = _Scratch(self)
 
         def run(inputs, out):
@@ -787,7 +832,7 @@ class CudaBackend:
                 ranges = self.dev.upload(_host_ranges(ranges, B, T, node), np.int64)
             y = self._output(out, 0, (B, S, H * D))
             self._run_attention(scratch, q, (k, v), (ranges,), B, S, H, Hkv, D, scale, "bshd", causal, T, y,
-                                gemm_cols=T)
+                                gemm_cols=T, skip_pad_rows=skip_pad_rows)
             return [y]
         return run
 

@@ -2,8 +2,8 @@
 
 The fused encoder graph is specialized so that everything row-wise (norms, Linears, residual adds) runs
 on the packed [1, N, E] activations of the N real tokens: eet.Pack after the Embedding, eet.Unpack to the
-padded layout only around each Attention (which skips pad columns through its ranges) and at the output
-(zeros at pads). Packing is only applied when every op between Pack and Unpack is row-wise; otherwise
+padded layout only around each Attention (which skips pad columns through its ranges, and may skip pad query rows:
+its result goes straight to a Pack, attribute pad_rows_unused) and at the output (zeros at pads). Packing is only applied when every op between Pack and Unpack is row-wise; otherwise
 the session runs the padded graph.
 """
 from __future__ import annotations
@@ -45,8 +45,10 @@ def specialize_for_packing(fused: Graph, s: Structure) -> Graph | None:
         for i, v in enumerate(u.inputs):
             if v is h:
                 g.set_input(u, i, hp)
-    # Around each attention: unpack q, k, v; pack the result.
+    # Around each attention: unpack q, k, v; pack the result. Pack reads only the real rows of the result, so the
+    # attention may leave its pad rows unwritten (attribute pad_rows_unused: query tiles of pads cost nothing).
     for node in attn:
+        node.attrs["pad_rows_unused"] = 1
         for i in range(3):
             v = node.inputs[i]
             up = g.value(f"{v.name}/unpacked_{node.name}_{i}", v.dtype, None)

@@ -23,8 +23,8 @@ def cases(quick=False):
     for c in _cases():
         if quick:
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
-                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
-                   c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")))
+                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] in ("attention_vec", "attention_mma") else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
+                   c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -44,7 +44,9 @@ def _cases():
             yield dt, "rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, "float32[::1]", a2]
             yield dt, "add_rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, a2, "float32[::1]", a2, a2]
         for act in ("none", "relu", "silu", "gelu_tanh", "gelu_erf"):
-            yield dt, "linear_epilogue", dict(width=3072, activation=act, has_bias=True), [a2, "float32[::1]"]
+            for width in (3072, 1000):
+                yield dt, "linear_epilogue", dict(width=width, activation=act, has_bias=True, threads=256, unroll=4), \
+                    [a2, "float32[::1]"]
         gemv = dict(lanes=32, cpl=2, warps=8, rows_per_warp=8)
         for M, K, N, ksplit, act in ((1, 768, 2304, 12, "none"), (1, 768, 3072, 12, "gelu_tanh"),
                                      (8, 3072, 768, 48, "silu"), (4, 64, 97, 1, "none")):
@@ -87,6 +89,13 @@ def _cases():
                                                     fused_write=fused_write), \
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
+            if dt != "float32" and D % 16 == 0 and D <= 128:
+                mma = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, warps=4, kt=64)
+                yield dt, "attention_mma", dict(mma, layout="cache"), \
+                    [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]", a3]
+                for causal, skip in ((False, False), (True, False), (False, True)):
+                    yield dt, "attention_mma", dict(mma, layout="bshd", causal=causal, skip_pad_rows=skip), \
+                        [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :]", "int64[:, ::1]", a3]
             tiled = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=32, warps=4, rows=4,
                          kt=32 if D <= 128 else 8)
             yield dt, "attention_tiled", dict(tiled, layout="cache"), \

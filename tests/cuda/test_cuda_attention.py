@@ -18,8 +18,10 @@ heads = st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)] if SIMULATED else [(12,
 def _backend(dtype, split, kernel="auto"):
     """split: "auto" (the launch table), "force" (every row shared by several blocks), "never".
     kernel: "auto" (the launch table), "tiled" (the tiled kernel for any number of query rows), "gemm" (the
-    batched-GEMM attention for any number of rows, in batch chunks of one sequence), "rows" (neither)."""
+    batched-GEMM attention for any number of rows, in batch chunks of one sequence), "mma" (the tensor-core flash
+    attention for any number of rows, where it can run), "rows" (none of them)."""
     from eetjit.backends.cuda import ATTENTION_GEMM_MAX_BYTES, ATTENTION_GEMM_MIN_ROWS, ATTENTION_TILE_MIN_ROWS
+    from eetjit.backends.cuda import ATTENTION_MMA_MIN_ROWS
     from eetjit.backends.cuda import ATTENTION_VEC_BLOCKS_PER_SM
     b = get_backend(dtype)
     b.attention_blocks_per_sm, b.attention_min_chunk = {
@@ -30,6 +32,7 @@ def _backend(dtype, split, kernel="auto"):
     never = 10 ** 9
     b.attention_tile_min_rows = {"auto": ATTENTION_TILE_MIN_ROWS[b.mode], "tiled": 1}.get(kernel, never)
     b.attention_gemm_min_rows = {"auto": ATTENTION_GEMM_MIN_ROWS[b.mode], "gemm": 1}.get(kernel, never)
+    b.attention_mma_min_rows = {"auto": ATTENTION_MMA_MIN_ROWS[b.mode], "mma": 1}.get(kernel, never)
     b.attention_gemm_max_bytes = ATTENTION_GEMM_MAX_BYTES
     b.attention_gemm_chunk = 1 if kernel == "gemm" else None     # chunks of one sequence
     return b
@@ -68,12 +71,13 @@ def _cache(backend, host):
     return c
 
 
-def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed):
+def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed, max_start=None):
     H, Hkv = hh
     rng = np.random.default_rng(seed)
     q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
     kc_host, vc_host = rounded(values(rng, (B, Hkv, T, D)), dtype), rounded(values(rng, (B, Hkv, T, D)), dtype)
-    start = rng.integers(0, t0 + 1, B).astype(np.int64)          # pad counts: columns before start are never read
+    # pad counts: columns before start are never read
+    start = rng.integers(0, (t0 if max_start is None else max_start) + 1, B).astype(np.int64)
     step = np.array([t0], np.int64)
     kc, vc = _cache(backend, kc_host), _cache(backend, vc_host)
     attrs = {"num_heads": H, "kv_num_heads": Hkv, "head_dim": D, "scale": 1 / np.sqrt(D)}
@@ -174,3 +178,77 @@ def test_prompt_attention_many_rows(where, hh, D, B, S, layout, causal, kernel, 
     g, node = single_node("Attention", [q, k, v, ranges], attrs)
     want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + [ranges])
     assert_close(run_cuda(backend, g, node, [q, k, v, ranges]), want, dtype)
+
+
+MMA_HEAD_DIMS = pick((16, 32), (32, 64, 80, 96, 128))
+
+
+@SETTINGS
+@given(hh=heads, D=st.sampled_from(MMA_HEAD_DIMS), B=st.integers(1, 3), S=st.integers(1, pick(40, 300)),
+       layout=st.sampled_from(["bshd", "cache"]), causal=st.booleans(), dtype=st.sampled_from(["float16", "bfloat16"]),
+       pad_rows_unused=st.booleans(), seed=seeds)
+def test_prompt_attention_mma(where, hh, D, B, S, layout, causal, dtype, pad_rows_unused, seed):
+    """The tensor-core flash attention (attention_mma.py.j2): several query tiles and key tiles, partial tiles at
+    both ends of a row's range, left (causal) or right padding, rows with no column, the cache layout with pad
+    counts, grouped-query heads; q/k/v as column views of one fused projection. It must be the kernel that ran.
+    With pad_rows_unused (the packed encoder's attention) only the real rows are compared."""
+    backend = _backend(dtype, "auto", "mma")
+    H, Hkv = hh
+
+    def check():
+        if layout == "cache":       # a prompt chunk (S > 1: one row is a decode step) after 0 or 7 cached columns;
+            t0 = 7 if causal else 0  # pad counts up to the chunk's end
+            n = max(S, 2)
+            _check_cached(backend, dtype, hh, D, B, n, t0, t0 + n + 5, seed, max_start=t0 + n)
+            return
+        rng = np.random.default_rng(seed)
+        q, k, v = _qkv_views(rng, B, S, H, Hkv, D)
+        n = rng.integers(0, S + 1, B)
+        n[0] = S
+        ranges = (np.stack([S - n, np.full(B, S)], 1) if causal
+                  else np.stack([np.zeros(B, int), n], 1)).astype(np.int64)
+        attrs = {"num_heads": H, "kv_num_heads": Hkv, "head_dim": D, "scale": 1 / np.sqrt(D), "causal": int(causal),
+                 "pad_rows_unused": int(pad_rows_unused)}
+        g, node = single_node("Attention", [q, k, v, ranges], attrs)
+        want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + [ranges])
+        got = run_cuda(backend, g, node, [q, k, v, ranges])
+        if pad_rows_unused:
+            rows = np.arange(S)
+            real = (rows >= ranges[:, :1]) & (rows < ranges[:, 1:])          # [B, S]
+            got = [np.where(real[..., None], got[0], 0)]
+            want = [np.where(real[..., None], want[0], 0)]
+        assert_close(got, want, dtype)
+    assert _attention_kernels_used(backend, check) == ["attention_mma"]
+
+
+@SETTINGS
+@given(D=st.sampled_from(pick((8, 24), (72, 136, 256))), dtype=DTYPES, seed=seeds)
+def test_prompt_attention_mma_declines(where, D, dtype, seed):
+    """Negative: float32 and head dims that are not whole k-steps of 16 (or past the register budget) take another
+    kernel, with the same result."""
+    if dtype != "float32" and D % 16 == 0 and D <= 128:
+        D += 8
+    backend = _backend(dtype, "auto", "mma")
+    rng = np.random.default_rng(seed)
+    B, S, H = 2, pick(5, 40), 2
+    q, k, v = _qkv_views(rng, B, S, H, H, D)
+    ranges = np.array([[0, S], [0, S - 2]], np.int64)
+    attrs = {"num_heads": H, "kv_num_heads": H, "head_dim": D, "scale": 1 / np.sqrt(D), "causal": 0}
+    g, node = single_node("Attention", [q, k, v, ranges], attrs)
+    want = reference(g, node, [rounded(a, dtype) for a in (q, k, v)] + [ranges])
+
+    def check():
+        assert_close(run_cuda(backend, g, node, [q, k, v, ranges]), want, dtype)
+    used = _attention_kernels_used(backend, check)
+    assert used and "attention_mma" not in used, used
+
+
+def _attention_kernels_used(backend, check):
+    """The attention templates `backend` asked for while `check()` ran (its kernel memo, cleared around it; codegen
+    keeps the compiled modules)."""
+    backend._kernels.clear()
+    try:
+        check()
+        return sorted({memo[0] for memo in backend._kernels if memo[0].startswith("attention")})
+    finally:
+        backend._kernels.clear()
