@@ -108,8 +108,8 @@ GEMV_VEC = {"gpu": dict(lanes=32, warps=8, rows_per_warp=4), "sim": dict(lanes=2
 GEMV_VEC_MAX_M = 4
 GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
 # ... or, first choice, gemv_nk.py.j2: a group of lanes per output column over a [N, K] copy of the weight (made on
-# the first such call, kept by the Gemm), no split-K; for K of whole 16-byte vectors and a contiguous, aligned x;
-# EETJIT_GEMV_NK=0 keeps gemv.py.j2
+# the first such call, kept by the Gemm), no split-K; for K of whole 16-byte vectors and a contiguous, aligned x
+# (other one-row GEMMs go to cuBLASLt); EETJIT_GEMV_NK=0 runs gemv.py.j2 instead
 GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
 GEMV_NK_ENV = "EETJIT_GEMV_NK"
 GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides GEMV_NK (benchmarks/gpu/ab_decode.sh)
@@ -417,8 +417,10 @@ class CudaBackend:
         return run
 
     def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN) -> bool:
-        """y = act(x @ W[:, :N] + bias) by a GEMV kernel (gemv_nk.py.j2, else gemv.py.j2) when x has few rows (a
-        decode step): one launch, bias and activation applied in it. False (nothing done) when cuBLASLt should."""
+        """y = act(x @ W[:, :N] + bias) by a GEMV kernel when x has few rows (a decode step): one launch, bias and
+        activation applied in it. gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x
+        strided or unaligned), cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False
+        (nothing done) when cuBLASLt should."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
         if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
@@ -436,6 +438,8 @@ class CudaBackend:
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
             self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN)
             return True
+        if self.gemv_nk:
+            return False
         vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % self.per_load == 0
                and W_KN.shape[1] % self.per_load == 0 and W_KN.flags.c_contiguous
                and (self.dev.simulated or _ptr(W_KN) % 16 == 0))
