@@ -81,6 +81,7 @@ ATTENTION_MMA = {"gpu": dict(warps=4, kt=64), "sim": dict(warps=1, kt=16)}
 ATTENTION_MMA_MIN_ROWS = {"gpu": 16, "sim": 3}
 ATTENTION_MMA_MAX_D = 128
 ATTENTION_MMA_ENV = "EETJIT_ATTENTION_MMA"
+ATTENTION_MMA_TUNE_ENV = "EETJIT_ATTENTION_MMA_TUNE"    # A/B knob: "warps,kt" overrides ATTENTION_MMA
 ATTENTION_GEMM_ENV = "EETJIT_ATTENTION_GEMM_MIN_ROWS"      # override (a huge number: never), for A/B measurements
 ATTENTION_GEMM_MAX_BYTES = 128 << 20
 ATTENTION_GEMM_MAX_BYTES_ENV = "EETJIT_ATTENTION_GEMM_MAX_MB"   # override, in MiB (A/B of memory against speed)
@@ -168,6 +169,9 @@ class CudaBackend:
         self.attention_gemm_chunk = None          # sequences per batch chunk (None: as many as the budget allows)
         self.attention_mma_min_rows = (ATTENTION_MMA_MIN_ROWS[self.mode] if _env_flag(ATTENTION_MMA_ENV)
                                        else float("inf"))
+        self.attention_mma_tune = _env_tune(ATTENTION_MMA_TUNE_ENV, ATTENTION_MMA[self.mode])
+        if self.attention_mma_tune["kt"] % 16 or self.attention_mma_tune["kt"] <= 0:
+            raise ValueError(f"{ATTENTION_MMA_TUNE_ENV}: kt (key columns per tile) must be a positive multiple of 16")
         self._batched = BatchedGemm(self.dev)
         self._attn_scratch = _Scratch(self)      # shared by every attention op: they run one after another
         self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block
@@ -694,7 +698,7 @@ class CudaBackend:
                 return False
             if _ptr(q) % 4 or any(st % 4 for st in q.strides[:-1]):
                 return False
-        tune = ATTENTION_MMA[self.mode]
+        tune = self.attention_mma_tune
         consts = dict(heads=H, kv_heads=Hkv, head_dim=D, scale=scale, layout=layout, **tune)
         if layout == "bshd":
             consts.update(causal=causal, skip_pad_rows=skip_pad_rows)

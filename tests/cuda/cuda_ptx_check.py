@@ -23,7 +23,7 @@ def cases(quick=False):
     for c in _cases():
         if quick:
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
-                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] in ("attention_vec", "attention_mma") else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
+                   c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"))
             if c[0] == "float32" or key in seen:
                 continue
@@ -90,7 +90,7 @@ def _cases():
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
             if dt != "float32" and D % 16 == 0 and D <= 128:
-                mma = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, warps=4, kt=64)
+                mma = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, warps=4, kt=64 if D <= 64 else 32)
                 yield dt, "attention_mma", dict(mma, layout="cache"), \
                     [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]", a3]
                 for causal, skip in ((False, False), (True, False), (False, True)):
