@@ -15,14 +15,16 @@ H heads, Hkv key/value heads, D head dim, K/N GEMM dims.
 | SwiGLU        | x[..., K], W_gate[K, F], W_up[K, F], b_gate?, b_up?  |                                         | silu(x W_gate + b) * (x W_up + b) |
 | Embedding     | ids[B, S], positions[B|1, S]?, wte[V, E], wpe[P, E]?, type_ids?, wtt?, gamma?, beta? | epsilon | h[B, S, E] |
 | PadInfo       | attention_mask[B, S] (0/1, ones contiguous)          |                                         | ranges[B, 2] int64: first and one-past-last valid column |
-| Attention     | q[B, S, H*D], k[B, S, Hkv*D], v[B, S, Hkv*D], ranges[B, 2]? | num_heads, kv_num_heads, head_dim, scale, causal | y[B, S, H*D] |
+| Attention     | q[B, S, H*D], k[B, S, Hkv*D], v[B, S, Hkv*D], ranges[B, 2]? | num_heads, kv_num_heads, head_dim, scale, causal, pad_rows_unused? | y[B, S, H*D] |
 | Rotary        | x[B, S, H*D], positions[B|1, S] int64, inv_freq[D/2] | num_heads, head_dim, scaling            | x rotated (rotate-half form) |
 | CachedAttention | q, k, v [B, S, ·], k_cache/v_cache[B, Hkv, T, D], start[B], step[1] | as Attention (causal) | y; caches written in place |
 | LastToken     | x[B, S, E]                                           |                                         | x[:, -1:, :] |
 
 Attention: query row i of sequence b attends key columns c with ranges[b,0] <= c < ranges[b,1] and, when causal,
 c <= i (with S < T, query i sits at column T - S + i). A row with no such column (a pad row) outputs zeros:
-pad rows are never read by anything that matters.
+pad rows are never read by anything that matters. With pad_rows_unused = 1 (set by the packed encoder plan,
+whose Pack after the attention reads only real rows) the rows outside [ranges[b,0], ranges[b,1]) are
+unspecified: a backend may leave them unwritten (the reference computes them).
 Rotary: angle[b, s, j] = positions[b, s] * inv_freq[j]; cos/sin of the angle (each of the D/2 values used for
 both halves) times `scaling` rotate every head: y = x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1].
 """
