@@ -23,10 +23,8 @@ def pad_info(mask_BS):
 
 
 def attention(q, k, v, ranges, num_heads, kv_num_heads, head_dim, scale, causal):
-    """eet.Attention: query i of sequence b attends key columns ranges[b, 0] <= c < ranges[b, 1] (c <= T - S + i
-    when causal); a row with no column gives zeros. With the attribute pad_rows_unused = 1 (set by the packed
-    encoder plan, whose Pack reads only real rows) the rows outside [ranges[b, 0], ranges[b, 1]) are unspecified:
-    a backend may leave them unwritten. This reference computes them like any row."""
+    """eet.Attention as the contract in eetjit/fused/__init__.py states it; rows a pad_rows_unused attribute
+    leaves unspecified are computed like any row here."""
     B, S, _ = q.shape
     T = k.shape[1]
     q_BHSD = q.reshape(B, S, num_heads, head_dim).transpose(0, 2, 1, 3).astype(np.float32)

@@ -126,14 +126,12 @@ def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, v
     backend = _backend(dtype, split, "auto")
     backend.attention_vec = vec
     per_load = 4 if dtype == "float32" else 8
-    backend._kernels.clear()          # the backend's memo of the kernels it asked for (codegen keeps the modules)
     try:
-        _check_cached(backend, dtype, hh, D, B, 1, min(int(frac * T), T - 1), T, seed)
-        used = {memo[0] for memo in backend._kernels}
+        used = _attention_kernels_used(
+            backend, lambda: _check_cached(backend, dtype, hh, D, B, 1, min(int(frac * T), T - 1), T, seed))
         assert ("attention_vec" in used) == (vec and D % per_load == 0), used
     finally:
         backend.attention_vec = True
-        backend._kernels.clear()
 
 
 def test_decode_reads_the_step_from_the_device(where):
