@@ -114,6 +114,11 @@ GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
 GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
 GEMV_NK_ENV = "EETJIT_GEMV_NK"
 GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides GEMV_NK (benchmarks/gpu/ab_decode.sh)
+# eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
+# holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; wider rows (and M > gemv_max_m)
+# run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
+GEMV_NORM_MAX_K = 2048
+GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -151,6 +156,8 @@ class CudaBackend:
 
     # the ExecutionPlan gives a split Linear's outputs one block, as column views (see _split_base)
     column_outputs = True
+    # generation graphs fold each norm into the Linear that reads it (eetjit.plan.norm_linear): eet.NormLinear
+    fold_norm_linear = True
 
     def __init__(self, dtype: str = "float32", verbose: bool = True, templates_dir=None):
         self.dev = get_device()
@@ -185,6 +192,7 @@ class CudaBackend:
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
+        self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
@@ -323,8 +331,46 @@ class CudaBackend:
             return outs
         return run
 
+    def _prepare_NormLinear(self, node):
+        """eet.NormLinear: the norm node and the Linear node it was folded from (eetjit.plan.norm_linear), bound as
+        usual, the Linear handed a _NormPrologue: one launch where the one-row GEMV computes the norm (a decode
+        step), else the norm kernel into a shared scratch row block, then the GEMM."""
+        kind, add = node.attrs["norm"], bool(node.attrs.get("add", 0))
+        if kind not in ("layer", "rms"):
+            raise InputError(f"node {node.name!r}: NormLinear norm {kind!r} is not 'layer' or 'rms'")
+        a, b, gamma, beta, W, bias = (node.input(i) for i in range(6))
+        eps = float(node.attrs.get("epsilon", 1e-5 if kind == "layer" else 1e-6))
+        norm_op = ("Add" if add else "") + ("LayerNorm" if kind == "layer" else "RMSNorm")
+        n_out = len(node.attrs.get("split") or []) or 1
+        norm_ins = [a] + ([b] if add else []) + [gamma] + ([beta] if kind == "layer" else [])
+        norm_node = Node(norm_op, norm_ins, [], {"epsilon": eps}, "eet", f"{node.name}/norm")
+        lin_attrs = {k: node.attrs[k] for k in ("activation", "split") if k in node.attrs}
+        lin_node = Node("Linear", [a, W, bias], list(node.outputs[:n_out]), lin_attrs, "eet", f"{node.name}/linear")
+        run_norm = getattr(self, f"_prepare_{norm_op}")(norm_node)
+        run_linear = self._prepare_Linear(lin_node)
+        gamma_of = self._operand(node, 2, np.float32)
+        beta_of = self._operand(node, 3, np.float32)
+        has_beta = kind == "layer" and beta is not None
+
+        def run(inputs, out):
+            x = self._act(inputs[0])
+            bx = self._act(inputs[1]) if add else None
+            shape = tuple(np.broadcast_shapes(x.shape, bx.shape)) if add else tuple(x.shape)
+            s = self._output(out, n_out, shape) if add else None
+            norm_inputs = [x] + ([bx] if add else []) + [gamma_of(inputs)] + ([beta_of(inputs)] if kind == "layer"
+                                                                               else [])
+            pro = _NormPrologue(self, kind, add, eps, has_beta, x, bx, gamma_of(inputs),
+                                beta_of(inputs) if has_beta else None, s, shape,
+                                lambda y: run_norm(norm_inputs, [y, s] if add else [y]))
+            ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
+                            None if out is None else list(out[:n_out]), pro)
+            return list(ys) + ([s] if add else [])
+        return run
+
     # --- GEMM + epilogue ----------------------------------------------------------------------------------------
     def _prepare_Linear(self, node):
+        """run(inputs, out, prologue=None): with a _NormPrologue (eet.NormLinear), x is the norm of the
+        prologue's inputs, computed inside the one-row GEMV where it can, else by the norm kernel first."""
         act = node.attrs.get("activation", "none")
         if isinstance(act, bytes):
             act = act.decode()
@@ -374,15 +420,17 @@ class CudaBackend:
         if const_w:
             gemm_for([])
 
-        def run(inputs, out):
+        def run(inputs, out, prologue=None):
             gemm, N, Np, epilogue, gemv_bias = gemm_for(inputs)
-            x = self._act(inputs[0])
+            x = self._act(inputs[0]) if prologue is None else prologue.a
             if x.shape[-1] != gemm.K:
                 raise InputError(f"node {node.name!r}: Linear input has {x.shape[-1]} features, the weight "
                                  f"expects {gemm.K}")
             lead = x.shape[:-1]
             M = math.prod(lead)
             x_MK = self._contiguous(x).reshape(M, gemm.K)
+            if prologue is not None and not self._gemv_takes(prologue, x_MK, N):
+                x_MK, prologue = prologue.normed().reshape(M, gemm.K), None      # the norm kernel first
             if split:
                 base = _split_base(out, M, N, split)
                 if base is None and out is not None:
@@ -392,7 +440,7 @@ class CudaBackend:
                     base = self._shared_scratch.get("split", (M, N), self.dtype)
                 elif base is None:
                     base = self.empty((M, N))          # first run: the outputs are views of a new block
-                if not self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, base):
+                if not self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, base, prologue):
                     gemm(x_MK, base)
                     self._epilogue(epilogue, base)
                 views, o = [], 0
@@ -408,7 +456,7 @@ class CudaBackend:
                 return views
             y = self._output(out, 0, lead + (N,))
             y_MN = y.reshape(M, N)
-            if self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, y_MN):
+            if self._gemv(scratch, gemm, gemv_bias, has_bias, act, x_MK, y_MN, prologue):
                 return [y]
             if Np != N:
                 y_pad = scratch.get("pad", (M, Np), self.dtype)
@@ -420,11 +468,12 @@ class CudaBackend:
             return [y]
         return run
 
-    def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN) -> bool:
+    def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN, prologue=None) -> bool:
         """y = act(x @ W[:, :N] + bias) by a GEMV kernel when x has few rows (a decode step): one launch, bias and
         activation applied in it. gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x
         strided or unaligned), cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False
-        (nothing done) when cuBLASLt should."""
+        (nothing done) when cuBLASLt should. With a prologue (only where _gemv_takes it; x_MK is then the norm's
+        input a), gemv_nk computes the norm too."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
         if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
@@ -439,8 +488,9 @@ class CudaBackend:
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
                 self.dev.copy(W_NK, W_KN[:, :N].T)
             t = self.gemv_nk_tune
-            kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
-            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN)
+            extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K)
+            kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
+            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN, *args)
             return True
         if self.gemv_nk:
             return False
@@ -459,6 +509,14 @@ class CudaBackend:
             part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
         self.dev.launch(kern, (tiles, ksplit), t["lanes"] * t["warps"], x_MK, W_KN, bias_N, y_MN, part, count)
         return True
+
+    def _gemv_takes(self, prologue, x_MK, N) -> bool:
+        """Whether gemv_nk computes this norm prologue itself: a GEMV row count, K of whole 16-byte vectors up to
+        GEMV_NORM_MAX_K (each lane group holds the row in registers), every operand contiguous and aligned."""
+        M, K = x_MK.shape
+        return (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N and self.gemv_nk and self.gemv_norm
+                and K <= GEMV_NORM_MAX_K and K % self.per_load == 0 and x_MK.flags.c_contiguous
+                and (self.dev.simulated or _ptr(x_MK) % 16 == 0) and prologue.fits(M, K, self.dev.simulated))
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:
@@ -1029,6 +1087,43 @@ class CudaBackend:
 
     def _dummy_f32_5(self):
         return self._dummy("f5", (1, 1, 1, 1, 1), np.float32)
+
+
+class _NormPrologue:
+    """The x of a NormLinear's GEMM: the norm of a (+ b), over the last dim. `fits`/`gemv_args` hand it to
+    gemv_nk's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel instead, into a
+    row block shared by every NormLinear (they run one after another), and returns it."""
+
+    def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm):
+        self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
+        self.b, self.gamma, self.beta, self.sum, self.shape, self.run_norm = b, gamma, beta, sum_, shape, run_norm
+        # the GEMM's rows: a broadcast up to the sum's shape (b may have more rows than a)
+        self.a = a if tuple(a.shape) == shape else backend._contiguous(backend.dev.xp.broadcast_to(a, shape))
+
+    def fits(self, M, K, simulated) -> bool:
+        """Whether gemv_nk can take this prologue: b one row or M rows, every operand whole aligned vectors."""
+        if self.gamma is None or self.gamma.size != K or (self.has_beta and self.beta.size != K):
+            return False
+        arrays = [self.gamma] + ([self.beta] if self.has_beta else [])
+        if self.add:
+            if self.b.size not in (K, M * K):
+                return False
+            arrays += [self.b, self.sum]
+        if not all(x.flags.c_contiguous for x in arrays):
+            return False
+        return simulated or all(_ptr(x) % 16 == 0 for x in arrays)
+
+    def gemv_args(self, M, K):
+        be = self.backend
+        consts = dict(norm=self.kind, add=self.add, epsilon=self.eps, has_beta=self.has_beta)
+        b = self.b.reshape(-1, K) if self.add else be._dummy2()
+        s = self.sum.reshape(M, K) if self.add else be._dummy2()
+        return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)
+
+    def normed(self):
+        y = self.backend._shared_scratch.get("norm", self.shape, self.backend.dtype)
+        self.run_norm(y)
+        return y
 
 
 class _Scratch:

@@ -172,19 +172,18 @@ class ExecutionPlan:
                 plan.append(None)
                 continue
             layout = self._columns.get(i)
-            if layout is not None and not any(s in outputs for s in outs):
-                # outputs that were column blocks of one [M, N] array (a split Linear's q/k/v): one block again,
-                # so the GEMM writes them in place; it lives until the last reader of any of them
+            bufs = []
+            if layout is not None and not any(s in outputs for s in outs[:len(layout[1])]):
+                # leading outputs that were column blocks of one [M, N] array (a split Linear's q/k/v): one block
+                # again, so the GEMM writes them in place; it lives until the last reader of any of them
                 (M, N), offsets = layout
                 key = np.dtype(trace[i][0][1]).str
                 block = self._take(free, key, M * N, trace[i][0][1])
                 base = block[:M * N].reshape(M, N)
-                plan.append([base[:, o:o + shape[-1]].reshape(shape) for o, (shape, _) in zip(offsets, trace[i])])
-                last = max(end.get(s, i) for s in outs)
+                bufs = [base[:, o:o + shape[-1]].reshape(shape) for o, (shape, _) in zip(offsets, trace[i])]
+                last = max(end.get(s, i) for s in outs[:len(offsets)])
                 releases.setdefault(last + 1, []).append((key, block))
-                continue
-            bufs = []
-            for s, (shape, dtype) in zip(outs, trace[i]):
+            for s, (shape, dtype) in list(zip(outs, trace[i]))[len(bufs):]:
                 if s in outputs:
                     bufs.append(None)  # handed to the caller: a fresh array every run
                     continue
@@ -198,8 +197,9 @@ class ExecutionPlan:
 
 
 def _column_layout(results):
-    """((M, N), column offsets) when the arrays are column blocks [M, o:o+n] (reshaped) of one C-contiguous
-    [M, N] array, in order and covering it; else None."""
+    """((M, N), column offsets) when the leading arrays (at least two; the rest are separate, as a NormLinear's
+    residual sum after its q/k/v) are column blocks [M, o:o+n] (reshaped) of one C-contiguous [M, N] array, in
+    order and covering it; else None."""
     bases = []
     for r in results:
         b = r
@@ -207,7 +207,9 @@ def _column_layout(results):
             b = b.base
         bases.append(b)
     base = bases[0]
-    if not _is_array(base) or any(b is not base for b in bases) or base.ndim != 2 or not base.flags.c_contiguous:
+    count = next((j for j, b in enumerate(bases) if b is not base), len(bases))
+    results = results[:count]
+    if not _is_array(base) or count < 2 or base.ndim != 2 or not base.flags.c_contiguous:
         return None
     M, N = base.shape
     start = _data_ptr(base)

@@ -24,7 +24,8 @@ def cases(quick=False):
         if quick:
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
-                   c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"))
+                   c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
+                   c[2].get("norm"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -55,6 +56,12 @@ def _cases():
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
             yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2]
+            if M == 1:      # the NormLinear prologue (q/k/v after an AddLayerNorm; the MLP after an RMSNorm)
+                norm = dict(norm="layer", add=True, has_beta=True) if N == 2304 else \
+                    dict(norm="rms", add=False, has_beta=False)
+                yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True,
+                                          epsilon=1e-5, **norm), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", "float32[::1]", a2]
             if M <= 4:
                 yield dt, "gemv", dict(lanes=32, warps=8, rows_per_warp=4, cpl=4 if dt == "float32" else 8,
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,

@@ -38,6 +38,22 @@ def test_sim_generate_matches_the_cpu_session(family):
     assert sess.backend.host_roundtrips == 0
 
 
+def test_sim_generate_with_the_norm_in_the_gemv(monkeypatch):
+    """The decode step's one-row GEMMs on gemv_nk (forced in the simulator), each norm folded into the projection
+    that reads it (eet.NormLinear, computed in the GEMV's prologue): the CPU session's tokens."""
+    if not SIMULATED:
+        pytest.skip("simulator run")
+    prompts = [PROMPTS[0]]
+    want = _session("gpt2", "cpu").generate(prompts, max_new_tokens=2)
+    monkeypatch.setenv("EETJIT_GEMV_MAX_M", "1")
+    sess = _session("gpt2", "cuda")
+    assert sess.generate(prompts, max_new_tokens=2) == want
+    layers = len(sess.structure.layers)
+    assert sum(n.op_type == "NormLinear" for n in sess._generator.gen.graph.nodes) == 2 * layers
+    prologues = [dict(memo[2]).get("norm") for memo in sess.backend._kernels if memo[0] == "gemv_nk"]
+    assert "layer" in prologues
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 def _hf_model(family):
     spec = importlib.util.spec_from_file_location("graphs_export", graphs_dir() / "export.py")

@@ -1,0 +1,101 @@
+"""eet.NormLinear on the CUDA backend: the one-row GEMV with the norm in its prologue (gemv_nk.py.j2, norm=...),
+and the norm kernel then the GEMM where the GEMV cannot take it (more rows, K not whole vectors, the knob off).
+Against the rounded NumPy chain: the sum and the normalized row rounded to the storage dtype, as the unfused
+pair stores them."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cuda_helpers import EXAMPLES, SETTINGS, assert_close, get_backend, pick, rounded, single_node, values
+
+DTYPES = st.sampled_from(["float32", "float16", "bfloat16"])
+NORM_KERNELS = {"layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm"}
+
+
+def _want(a, b, gamma, beta, W, bias, kind, act, split, dtype):
+    from eetjit.fused._math import layer_norm, rms_norm
+    from eetjit.fused.op_linear import linear
+    s = rounded(rounded(a, dtype) + rounded(b, dtype), dtype) if b is not None else rounded(a, dtype)
+    h = rounded(layer_norm(s, gamma, beta, 1e-5) if kind == "layer" else rms_norm(s, gamma, 1e-5), dtype)
+    y = linear(h, rounded(W, dtype), bias, act)
+    return (np.split(y, np.cumsum(split)[:-1], axis=-1) if split else [y]) + ([s] if b is not None else [])
+
+
+def _ran(backend):
+    return {memo[0] for memo in backend._kernels}
+
+
+@settings(SETTINGS, max_examples=3 * EXAMPLES)      # many independent switches: more examples than usual
+@given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
+       split=st.booleans(), M=st.integers(1, 3), K=st.sampled_from(pick((16, 24, 20), (768, 1600, 3072, 1000))),
+       path=st.sampled_from(["fused", "unfused", "gemm"]), b_row=st.booleans(),
+       act=st.sampled_from(["none", "gelu_tanh"]), dtype=DTYPES, seed=st.integers(0, 2**32 - 1))
+def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_row, act, dtype, seed):
+    """path: "fused" (GEMV for up to 4 rows, the norm in its prologue where K is whole vectors), "unfused" (the
+    same GEMV, EETJIT_GEMV_NORM off: the norm kernel first), "gemm" (cuBLASLt / the simulator's matmul). b_row:
+    the added term is one row broadcast over the M rows."""
+    backend = get_backend(dtype)
+    backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "unfused": (4, True, False),
+                                                              "gemm": (0, True, True)}[path]
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(seed)
+        N = pick(24, 96)
+        parts = [N // 4, N // 4, N // 2] if split else None
+        a = values(rng, (1, M, K))
+        b = values(rng, (1, 1 if b_row else M, K)) if add else None
+        gamma = values(rng, (K,))
+        beta = values(rng, (K,)) if kind == "layer" and has_beta else None
+        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
+        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
+        if split:
+            attrs["split"] = parts
+        inputs = [a, b, gamma, beta, W, bias]
+        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=(3 if split else 1) + add)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        want = _want(a, b, gamma, beta, W, bias, kind, act, parts, dtype)
+        if add and b_row:
+            want[-1] = np.broadcast_to(want[-1], (1, M, K))
+        scale = 1.0 if dtype == "float32" else max(1.0, np.sqrt(K) / 4)
+        assert_close(got, want, dtype, scale)
+        per_load = 4 if dtype == "float32" else 8
+        from eetjit.backends.cuda import GEMV_NORM_MAX_K
+        fused = path == "fused" and K % per_load == 0 and K <= GEMV_NORM_MAX_K
+        assert ("gemv_nk" in _ran(backend)) == (path != "gemm" and K % per_load == 0)
+        assert bool(_ran(backend) & NORM_KERNELS) == (not fused)
+    finally:
+        from eetjit.backends.cuda import GEMV_MAX_M
+        backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = GEMV_MAX_M[backend.mode], True, True
+
+
+def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
+    """In an ExecutionPlan, a split NormLinear's q/k/v outputs are column views of one block (the GEMV writes them in
+    place) and its residual sum a buffer of its own; two planned runs give the first run's numbers."""
+    from eetjit.runtime.plan import ExecutionPlan
+    backend = get_backend("float32")
+    backend.gemv_max_m = 4
+    try:
+        rng = np.random.default_rng(5)
+        K, parts = 16, [8, 8, 16]
+        inputs = [values(rng, (1, 2, K)), values(rng, (1, 2, K)), values(rng, (K,)), values(rng, (K,)),
+                  values(rng, (K, 32)), values(rng, (32,))]
+        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "split": parts},
+                              const={2, 3, 4, 5}, outputs=4)
+        reader = g.add_node("Identity", [node.outputs[0]], 1)        # keeps the outputs non-graph-outputs
+        readers = [g.add_node("Add", [v, v], 1) for v in node.outputs]
+        g.outputs = [r.outputs[0] for r in readers] + [reader.outputs[0]]
+        plan = ExecutionPlan(g, backend, verbose=False)
+        feeds = {"x0": inputs[0], "x1": inputs[1]}
+        first = [backend.to_host(y) for y in plan.run(feeds)]
+        assert 0 in plan._columns and plan._columns[0][1] == [0, 8, 16]
+        bufs = plan.arena(feeds)[0]
+        base = bufs[0].base
+        assert all(v.base is base for v in bufs[:3]) and bufs[3].base is not base
+        for _ in range(2):
+            again = [backend.to_host(y) for y in plan.run(feeds)]
+            for x, y in zip(again, first):
+                np.testing.assert_array_equal(x, y)
+    finally:
+        from eetjit.backends.cuda import GEMV_MAX_M
+        backend.gemv_max_m = GEMV_MAX_M[backend.mode]

@@ -1,0 +1,154 @@
+"""eetjit.plan.norm_linear: a norm read only by a Linear folds into one eet.NormLinear (generation graphs of a
+backend with `fold_norm_linear`). Counts on the shipped decoders, the folded graph equal to the unfolded one, the
+cases it must leave alone, and the NormLinear reference equal to the norm then the Linear."""
+import numpy as np
+import pytest
+
+from eetjit import fuse, load
+from eetjit.ir import Graph
+from eetjit.plan.generation import specialize_for_generation
+from eetjit.plan.norm_linear import fold_norm_linear
+from eetjit.plan.structure import find_structure
+from eetjit.reference.executor import run_node
+from eetjit.resources import graphs_dir
+
+
+def _values(rng, shape):
+    """Random floats in [-2, -0.1] U [0.1, 2]: never zero."""
+    return (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 2.0, size=shape)).astype(np.float32)
+
+
+def _generation_graph(name):
+    g = load(str(graphs_dir() / f"{name}.onnx"))
+    fuse(g)
+    s = find_structure(g)
+    return specialize_for_generation(g, s), s
+
+
+def _hist(g):
+    return {k[len("eet."):]: v for k, v in g.op_histogram().items() if k.startswith("eet.")}
+
+
+@pytest.mark.parametrize("name, per_layer", [("gpt2-ts17-eager", 2), ("gpt2-dyn18-sdpa", 2),
+                                             ("llama-dyn18-sdpa", 1)])
+def test_fold_counts(name, per_layer):
+    """GPT-2: ln_1 -> the q/k/v projection and ln_2 -> the MLP's first projection in every layer (ln_f reaches the
+    LM head through LastToken: left). LLaMA: the input RMSNorm -> q/k/v; the post-attention norm feeds SwiGLU,
+    which has no prologue: left."""
+    gen, s = _generation_graph(name)
+    before = _hist(gen.graph)
+    assert fold_norm_linear(gen.graph) == per_layer * len(s.layers)
+    after = _hist(gen.graph)
+    assert after["NormLinear"] == per_layer * len(s.layers)
+    assert after["Linear"] == before["Linear"] - per_layer * len(s.layers)
+    norms = sum(after.get(k, 0) for k in ("LayerNorm", "AddLayerNorm", "RMSNorm", "AddRMSNorm"))
+    assert norms == sum(before.get(k, 0) for k in ("LayerNorm", "AddLayerNorm", "RMSNorm", "AddRMSNorm")) \
+        - per_layer * len(s.layers)
+    assert fold_norm_linear(gen.graph) == 0          # nothing left to fold
+
+
+@pytest.mark.parametrize("name", ["gpt2-ts17-eager", "llama-dyn18-sdpa"])
+def test_folded_graph_computes_the_same_logits(name):
+    """The prompt pass of the folded generation graph equals the unfolded one's (CPU backend; NormLinear runs its
+    reference there)."""
+    from eetjit.backends.cpu import CpuBackend
+    from eetjit.plan.generation import POSITIONS, START, STEP, cache_names
+    from eetjit.runtime.plan import ExecutionPlan
+    gen, s = _generation_graph(name)
+    folded = gen.graph.copy()
+    assert fold_norm_linear(folded) > 0
+    B, P, T = 2, 5, 8
+    rng = np.random.default_rng(0)
+    feeds = {gen.input_ids: rng.integers(0, s.vocab, (B, P)), POSITIONS: np.tile(np.arange(P), (B, 1)),
+             START: np.zeros(B, np.int64), STEP: np.zeros(1, np.int64)}
+    outs = []
+    for g in (gen.graph, folded):
+        run = dict(feeds)
+        for i, layer in enumerate(s.layers):
+            for c in cache_names(i):
+                run[c] = np.zeros((B, layer.kv_num_heads, T, layer.head_dim), np.float32)
+        outs.append(ExecutionPlan(g, CpuBackend(verbose=False), verbose=False).run(run)[0])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
+def _norm_then_linear(kind="AddLayerNorm", extra_reader=None, weight_const=True, output=False):
+    """A graph: norm(a [+ b]) -> Linear, optionally with a second reader of the norm's output, a weight fed at
+    run time, or the norm's output also a graph output."""
+    rng = np.random.default_rng(1)
+    g = Graph("t")
+    E, N = 8, 12
+    a = g.value("a", np.float32, (1, 2, E))
+    b = g.value("b", np.float32, (1, 2, E))
+    g.inputs = [a, b]
+    gamma, beta = g.constant(_values(rng, (E,)), "gamma"), g.constant(_values(rng, (E,)), "beta")
+    ins = [a, b, gamma, beta] if kind == "AddLayerNorm" else [a, gamma, beta]
+    norm = g.add_node(kind, ins, 2 if kind == "AddLayerNorm" else 1, {"epsilon": 1e-5}, domain="eet")
+    if weight_const:
+        W = g.constant(_values(rng, (E, N)), "W")
+    else:
+        W = g.value("W", np.float32, (E, N))
+        g.inputs.append(W)
+    lin = g.add_node("Linear", [norm.outputs[0], W, g.constant(_values(rng, (N,)), "bias")], 1,
+                     {"activation": "gelu_tanh"}, domain="eet")
+    g.outputs = list(lin.outputs) + list(norm.outputs[1:])
+    if extra_reader == "linear":
+        other = g.add_node("Linear", [norm.outputs[0], W], 1, {}, domain="eet")
+        g.outputs.append(other.outputs[0])
+    elif extra_reader == "identity":
+        other = g.add_node("Identity", [norm.outputs[0]], 1)
+        g.outputs.append(other.outputs[0])
+    if output:
+        g.outputs.append(norm.outputs[0])
+    return g
+
+
+@pytest.mark.parametrize("kind", ["AddLayerNorm", "LayerNorm"])
+def test_fold_small_graph_numbers(kind):
+    g = _norm_then_linear(kind)
+    rng = np.random.default_rng(2)
+    feeds = {"a": _values(rng, (1, 2, 8)), "b": _values(rng, (1, 2, 8))}
+    from eetjit.reference.executor import run_graph
+    want = run_graph(g, feeds)
+    folded = g.copy()
+    assert fold_norm_linear(folded) == 1
+    assert [n.op_type for n in folded.nodes] == ["NormLinear"]
+    got = run_graph(folded, feeds)
+    assert len(got) == len(want)
+    for x, y in zip(got, want):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [dict(extra_reader="linear"), dict(extra_reader="identity"),
+                                  dict(weight_const=False), dict(output=True)])
+def test_fold_leaves_alone(case):
+    """The normalized value read by anything besides the Linear, a graph output, or a weight fed at run time: the
+    norm must stay (its output is needed, or the fused node could not be placed)."""
+    g = _norm_then_linear(**case)
+    ops = [n.op_type for n in g.nodes]
+    assert fold_norm_linear(g) == 0
+    assert [n.op_type for n in g.nodes] == ops
+
+
+@pytest.mark.parametrize("norm, add, split", [("layer", 1, None), ("layer", 0, [4, 8]), ("rms", 1, [6, 6]),
+                                              ("rms", 0, None)])
+def test_norm_linear_reference_is_the_pair(norm, add, split):
+    from eetjit.fused._math import layer_norm, rms_norm
+    from eetjit.fused.op_linear import linear
+    rng = np.random.default_rng(3)
+    a, b = _values(rng, (2, 3, 8)), _values(rng, (2, 3, 8)) if add else None
+    gamma, beta = _values(rng, (8,)), _values(rng, (8,)) if norm == "layer" else None
+    W, bias = _values(rng, (8, 12)), _values(rng, (12,))
+    attrs = {"norm": norm, "add": add, "epsilon": 1e-5, "activation": "silu"}
+    if split:
+        attrs["split"] = split
+    g = Graph("t")
+    ins = [None if x is None else g.constant(x) for x in (a, b, gamma, beta, W, bias)]
+    node = g.add_node("NormLinear", ins, (len(split) if split else 1) + add, attrs, domain="eet")
+    got = run_node(node, [a, b, gamma, beta, W, bias], g)
+    x = a + b if add else a
+    h = layer_norm(x, gamma, beta, 1e-5) if norm == "layer" else rms_norm(x, gamma, 1e-5)
+    y = linear(h, W, bias, "silu")
+    want = (np.split(y, np.cumsum(split)[:-1], axis=-1) if split else [y]) + ([x] if add else [])
+    assert len(got) == len(want)
+    for p, q in zip(got, want):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-6)
