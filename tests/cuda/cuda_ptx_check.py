@@ -127,8 +127,9 @@ def _cases():
         for scatter in (False, True):
             yield dt, "pack_rows", dict(scatter=scatter, threads=128), [a2, "int64[::1]", a2]
         for advance in (False, True):
-            yield dt, "argmax", dict(advance=advance, threads=512), \
-                [a2, "int64[::1]", "int64[:, ::1]", "int64[:, ::1]", "int64[::1]"]
+            yield dt, "argmax", dict(advance=advance, threads=512, splits=32), \
+                [a2, "int64[::1]", "int64[:, ::1]", "int64[:, ::1]", "int64[::1]", "float32[:, ::1]", "int64[:, ::1]",
+                 "int32[::1]"]
     yield "float32", "pad_info", dict(threads=64), ["int64[:, ::1]", "int64[:, ::1]"]
 
 
