@@ -79,11 +79,13 @@ def _cases():
             [f"{S}[:, :, :]", f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]"]
         for D, lanes in ((32, 16), (64, 16), (80, 32), (96, 32), (128, 32), (256, 32)):
             for split in (False, True):
+                # single_cols: the fixed split scheme (0) and the one sized by the live columns (decode steps)
                 common = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=lanes, groups=8, unroll=4,
-                              split=split)
+                              split=split, single_cols=0)
                 parts = ["float32[:, :, :, :, ::1]", "float32[:, :, :, :, ::1]", "int32[::1]"]
                 for fused_write in (False, True):
-                    yield dt, "attention", dict(common, layout="cache", fused_write=fused_write), \
+                    yield dt, "attention", dict(common, layout="cache", fused_write=fused_write,
+                                                single_cols=256 if fused_write else 0), \
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
                 yield dt, "attention", dict(common, layout="bshd", causal=True), \
@@ -93,6 +95,7 @@ def _cases():
                 for fused_write in (False, True):
                     yield dt, "attention_vec", dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=vl,
                                                     groups=max(1, 128 // vl), unroll=4, split=split,
+                                                    single_cols=256 if fused_write else 0,
                                                     fused_write=fused_write), \
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]

@@ -1,6 +1,7 @@
 """Attention over the padded batch (ranges, causal, grouped-query) and CachedAttention (prompt chunk and
 one-token decode over the [B, Hkv, T, D] cache), with and without the flash-decoding split, on the CUDA backend."""
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,19 +17,21 @@ heads = st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)] if SIMULATED else [(12,
 
 
 def _backend(dtype, split, kernel="auto"):
-    """split: "auto" (the launch table), "force" (every row shared by several blocks), "never".
+    """split: "auto" (the launch table), "force" (every row shared by several blocks, short rows included),
+    "never".
     kernel: "auto" (the launch table), "tiled" (the tiled kernel for any number of query rows), "gemm" (the
     batched-GEMM attention for any number of rows, in batch chunks of one sequence), "mma" (the tensor-core flash
     attention for any number of rows, where it can run), "rows" (none of them)."""
     from eetjit.backends.cuda import ATTENTION_GEMM_MAX_BYTES, ATTENTION_GEMM_MIN_ROWS, ATTENTION_TILE_MIN_ROWS
     from eetjit.backends.cuda import ATTENTION_MMA_MIN_ROWS
-    from eetjit.backends.cuda import ATTENTION_VEC_BLOCKS_PER_SM
+    from eetjit.backends.cuda import ATTENTION_SINGLE_COLS, ATTENTION_VEC_BLOCKS_PER_SM
     b = get_backend(dtype)
     b.attention_blocks_per_sm, b.attention_min_chunk = {
         "auto": (8 if not SIMULATED else 4, 64 if not SIMULATED else 4),
         "force": (10 ** 6, 2), "never": (1, 10 ** 9)}[split]
     b.attention_vec_tune["blocks_per_sm"] = (b.attention_blocks_per_sm if split != "auto"
                                              else ATTENTION_VEC_BLOCKS_PER_SM[b.mode])
+    b.attention_single_cols = 0 if split == "force" else ATTENTION_SINGLE_COLS[b.mode]
     never = 10 ** 9
     b.attention_tile_min_rows = {"auto": ATTENTION_TILE_MIN_ROWS[b.mode], "tiled": 1}.get(kernel, never)
     b.attention_gemm_min_rows = {"auto": ATTENTION_GEMM_MIN_ROWS[b.mode], "gemm": 1}.get(kernel, never)
@@ -134,9 +137,13 @@ def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, v
         backend.attention_vec = True
 
 
-def test_decode_reads_the_step_from_the_device(where):
-    """A captured step replays one launch: the column comes from device memory, so bumping it there moves it."""
+@pytest.mark.parametrize("single_cols", [0, 4])
+def test_decode_reads_the_step_from_the_device(where, single_cols):
+    """A captured step replays one launch: the column comes from device memory, so bumping it there moves it.
+    With single_cols = 4 the rows of one launch go from one block each (no partials) to a mix (sequence 1 starts
+    later) to several blocks, with the per-row counts left at zero in between."""
     backend = _backend("float32", "force")
+    backend.attention_single_cols = single_cols
     rng = np.random.default_rng(7)
     H, D, T, B = 2, 4, 9, 2
     kc_host, vc_host = values(rng, (B, H, T, D)), values(rng, (B, H, T, D))
@@ -147,7 +154,7 @@ def test_decode_reads_the_step_from_the_device(where):
     q, k, v = values(rng, (B, 1, H * D)), values(rng, (B, 1, H * D)), values(rng, (B, 1, H * D))
     g, node = single_node("CachedAttention", [q, k, v, kc, vc, start, step], attrs)
     op = backend.prepare(node, g)
-    for t in (3, 4, 5):
+    for t in (3, 5, 7, 8):
         backend.dev.set(step, [t])
         got = backend.to_host(op([q, k, v, kc, vc, start, step])[0])
         want = cached_attention(q, k, v, kc_host, vc_host, np.array([0, 2]), np.array([t]), H, H, D, 0.5)
