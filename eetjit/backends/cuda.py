@@ -108,6 +108,7 @@ SOFTMAX_LANES = {"gpu": 32, "sim": 4}                  # lanes per row: a warp (
 # M = 8 (B8 0.595 -> 0.673); gemv.py.j2 lost at every M (benchmarks/gpu/NOTES.md). The simulator: off (tests force it)
 GEMV_MAX_M = {"gpu": 1, "sim": 0}
 GEMV_MAX_N = 16384
+GEMV_MAX_N_ENV = "EETJIT_GEMV_MAX_N"    # override GEMV_MAX_N (A/B: the LM head on gemv_nk)
 GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
 FUSED_WRITE_ENV = "EETJIT_FUSED_KV_WRITE"  # "0": a one-token step writes its K/V column with kv_cache_write first
 GEMV = {"gpu": dict(lanes=32, cpl=2, warps=8, rows_per_warp=8), "sim": dict(lanes=2, cpl=2, warps=2, rows_per_warp=2)}
@@ -196,6 +197,7 @@ class CudaBackend:
         self._argmax_scratch = _Scratch(self)    # the greedy argmax's partials (greedy_tokens)
         self._index_memo = None                  # (host index array, its device copy): see _token_index
         self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
+        self.gemv_max_n = int(os.environ.get(GEMV_MAX_N_ENV, GEMV_MAX_N))
         self.attention_fused_write = _env_flag(FUSED_WRITE_ENV)
         self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
         self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
@@ -488,7 +490,7 @@ class CudaBackend:
         input a), gemv_nk computes the norm too."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
-        if not (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N):
+        if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
             return False
         W_KN = gemm.W_KN
         if (self.gemv_nk and K % self.per_load == 0 and x_MK.flags.c_contiguous
@@ -526,7 +528,7 @@ class CudaBackend:
         """Whether gemv_nk computes this norm prologue itself: a GEMV row count, K of whole 16-byte vectors up to
         GEMV_NORM_MAX_K (each lane group holds the row in registers), every operand contiguous and aligned."""
         M, K = x_MK.shape
-        return (0 < M <= self.gemv_max_m and N <= GEMV_MAX_N and self.gemv_nk and self.gemv_norm
+        return (0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and self.gemv_norm
                 and K <= GEMV_NORM_MAX_K and K % self.per_load == 0 and x_MK.flags.c_contiguous
                 and (self.dev.simulated or _ptr(x_MK) % 16 == 0) and prologue.fits(M, K, self.dev.simulated))
 
