@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     max_seq = max(ctx for _, ctx in configs) + args.new + 8
     sess = eetjit.compile(str(args.model), device="cuda", dtype="float16", max_batch=max(b for b, _ in configs),
                           max_seq_len=max_seq, verbose=False)
-    print(f"eetjit compile (load, fuse, upload): {time.perf_counter() - t:.1f} s; fusion {sess.fusion_report.counts}",
-          flush=True)
+    print(f"eetjit compile (load, fuse, upload): {time.perf_counter() - t:.1f} s; fusion {sess.fusion_report.counts}; "
+          f"programmatic dependent launch: {'on' if sess.backend.dev.pdl else 'off'}", flush=True)
     s = sess.structure
     # bytes a step must read: every GEMM weight (the LM head included) and norm vector, once (the embedding
     # tables are read a row per token, not counted)

@@ -252,6 +252,8 @@ class CudaBackend:
     def kernel(self, op: str, seq_bucket: int | None = None, **consts):
         """The kernel of template `op` for these constants (and the device kind: GPU or simulator)."""
         consts["sim"] = self.dev.simulated
+        if self.dev.pdl:
+            consts["pdl"] = True       # launched with programmatic stream serialization (cuda_device.Device.pdl)
         memo = (op, seq_bucket, tuple(sorted(consts.items())))
         fn = self._kernels.get(memo)
         if fn is None:

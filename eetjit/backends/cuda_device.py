@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class Device:
             self.stream = None
             self.sm_count = 1
             self.mma_sync = True          # the simulator's twins of the tensor-core instructions (templates)
+            self._pdl_config = None
         else:
             try:
                 import cupy
@@ -76,6 +78,9 @@ class Device:
             self.sm_count = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
             # mma.sync.m16n8k16 with float16 and bfloat16 inputs: sm_80 and later
             self.mma_sync = int(cupy.cuda.Device().compute_capability) >= 80
+            # programmatic dependent launch (sm_90 and later; templates wait with griddepcontrol.wait)
+            self._pdl_config = _pdl_launch_config(int(cupy.cuda.Device().compute_capability))
+        self.pdl = not self.simulated and self._pdl_config is not None
 
     # --- memory ------------------------------------------------------------------------------------
     def empty(self, shape, dtype):
@@ -232,6 +237,16 @@ class Device:
         converted = [self.kernel_arg(a) for a in args]
         if self.simulated:
             kernel[grid, block](*converted)
+        elif self.pdl:
+            # Numba launches through cuda.core's LaunchConfig, looked up in its dispatcher module at each launch:
+            # for this launch it carries programmatic stream serialization (every template renders with pdl=True
+            # then, so the kernel waits for its predecessor itself)
+            from numba.cuda import dispatcher
+            plain, dispatcher.LaunchConfig = dispatcher.LaunchConfig, self._pdl_config
+            try:
+                kernel[grid, block, self._numba_stream](*converted)
+            finally:
+                dispatcher.LaunchConfig = plain
         else:
             kernel[grid, block, self._numba_stream](*converted)
 
@@ -284,6 +299,23 @@ class _NoPoolAllocation:
 
     def __exit__(self, *exc):
         return self._hook.__exit__(*exc)
+
+
+PDL_ENV = "EETJIT_PDL"      # "0": launch every kernel after its predecessor completes (no programmatic launch)
+
+
+def _pdl_launch_config(compute_capability: int):
+    """A LaunchConfig factory that sets programmatic stream serialization, or None where that is off: before
+    sm_90, with EETJIT_PDL=0, or with a cuda.core that has no such option."""
+    if compute_capability < 90 or os.environ.get(PDL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from numba.cuda import dispatcher
+        make = dispatcher.LaunchConfig
+        make(grid=1, block=1, programmatic_stream_serialization=True)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return functools.partial(make, programmatic_stream_serialization=True)
 
 
 def _uint(itemsize):

@@ -25,14 +25,28 @@ def cases(quick=False):
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
-                   c[2].get("norm"))
+                   c[2].get("norm"), c[2].get("pdl"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
         yield c
 
 
+PDL_OPS = ("gemv_nk", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
+
+
 def _cases():
+    """Every case, then float16 ones of PDL_OPS again with programmatic dependent launch (pdl: griddepcontrol)."""
+    cases = list(_plain_cases())
+    yield from cases
+    seen = set()
+    for dt, op, consts, args in cases:
+        if dt == "float16" and op in PDL_OPS and op not in seen:
+            seen.add(op)
+            yield dt, op, dict(consts, pdl=True), args
+
+
+def _plain_cases():
     """Every case; `S` stands for the storage element type (bfloat16 arrives as its uint16 bits)."""
     for dt in ("float32", "float16", "bfloat16"):
         S = FP[dt]
