@@ -371,12 +371,11 @@ class CudaBackend:
         def run(inputs, out):
             x = self._act(inputs[0])
             bx = self._act(inputs[1]) if add else None
+            g, bt = gamma_of(inputs), beta_of(inputs)
             shape = tuple(np.broadcast_shapes(x.shape, bx.shape)) if add else tuple(x.shape)
             s = self._output(out, n_out, shape) if add else None
-            norm_inputs = [x] + ([bx] if add else []) + [gamma_of(inputs)] + ([beta_of(inputs)] if kind == "layer"
-                                                                               else [])
-            pro = _NormPrologue(self, kind, add, eps, has_beta, x, bx, gamma_of(inputs),
-                                beta_of(inputs) if has_beta else None, s, shape,
+            norm_inputs = [x] + ([bx] if add else []) + [g] + ([bt] if kind == "layer" else [])
+            pro = _NormPrologue(self, kind, add, eps, has_beta, x, bx, g, bt if has_beta else None, s, shape,
                                 lambda y: run_norm(norm_inputs, [y, s] if add else [y]))
             ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
                             None if out is None else list(out[:n_out]), pro)
@@ -495,8 +494,7 @@ class CudaBackend:
         if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
             return False
         W_KN = gemm.W_KN
-        if (self.gemv_nk and K % self.per_load == 0 and x_MK.flags.c_contiguous
-                and (self.dev.simulated or _ptr(x_MK) % 16 == 0)):
+        if self._nk_fits(x_MK, N):
             W_NK = gemm.W_NK
             if W_NK is None:                        # N is the node's (unpadded) width: the same every run
                 if self.dev.capturing:
@@ -526,13 +524,19 @@ class CudaBackend:
         self.dev.launch(kern, (tiles, ksplit), t["lanes"] * t["warps"], x_MK, W_KN, bias_N, y_MN, part, count)
         return True
 
-    def _gemv_takes(self, prologue, x_MK, N) -> bool:
-        """Whether gemv_nk computes this norm prologue itself: a GEMV row count, K of whole 16-byte vectors up to
-        GEMV_NORM_MAX_K (each lane group holds the row in registers), every operand contiguous and aligned."""
+    def _nk_fits(self, x_MK, N) -> bool:
+        """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x
+        contiguous and aligned."""
         M, K = x_MK.shape
-        return (0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and self.gemv_norm
-                and K <= GEMV_NORM_MAX_K and K % self.per_load == 0 and x_MK.flags.c_contiguous
-                and (self.dev.simulated or _ptr(x_MK) % 16 == 0) and prologue.fits(M, K, self.dev.simulated))
+        return (0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and K % self.per_load == 0
+                and x_MK.flags.c_contiguous and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
+
+    def _gemv_takes(self, prologue, x_MK, N) -> bool:
+        """Whether gemv_nk computes this norm prologue itself: where it runs, K up to GEMV_NORM_MAX_K (each lane
+        group holds the row in registers), every operand of the norm contiguous and aligned."""
+        M, K = x_MK.shape
+        return (self.gemv_norm and K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N)
+                and prologue.fits(M, K, self.dev.simulated))
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:

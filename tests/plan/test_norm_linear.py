@@ -3,6 +3,7 @@ backend with `fold_norm_linear`). Counts on the shipped decoders, the folded gra
 cases it must leave alone, and the NormLinear reference equal to the norm then the Linear."""
 import numpy as np
 import pytest
+from codegen.helpers import values
 
 from eetjit import fuse, load
 from eetjit.ir import Graph
@@ -11,11 +12,6 @@ from eetjit.plan.norm_linear import fold_norm_linear
 from eetjit.plan.structure import find_structure
 from eetjit.reference.executor import run_node
 from eetjit.resources import graphs_dir
-
-
-def _values(rng, shape):
-    """Random floats in [-2, -0.1] U [0.1, 2]: never zero."""
-    return (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 2.0, size=shape)).astype(np.float32)
 
 
 def _generation_graph(name):
@@ -80,15 +76,15 @@ def _norm_then_linear(kind="AddLayerNorm", extra_reader=None, weight_const=True,
     a = g.value("a", np.float32, (1, 2, E))
     b = g.value("b", np.float32, (1, 2, E))
     g.inputs = [a, b]
-    gamma, beta = g.constant(_values(rng, (E,)), "gamma"), g.constant(_values(rng, (E,)), "beta")
+    gamma, beta = g.constant(values(rng, (E,)), "gamma"), g.constant(values(rng, (E,)), "beta")
     ins = [a, b, gamma, beta] if kind == "AddLayerNorm" else [a, gamma, beta]
     norm = g.add_node(kind, ins, 2 if kind == "AddLayerNorm" else 1, {"epsilon": 1e-5}, domain="eet")
     if weight_const:
-        W = g.constant(_values(rng, (E, N)), "W")
+        W = g.constant(values(rng, (E, N)), "W")
     else:
         W = g.value("W", np.float32, (E, N))
         g.inputs.append(W)
-    lin = g.add_node("Linear", [norm.outputs[0], W, g.constant(_values(rng, (N,)), "bias")], 1,
+    lin = g.add_node("Linear", [norm.outputs[0], W, g.constant(values(rng, (N,)), "bias")], 1,
                      {"activation": "gelu_tanh"}, domain="eet")
     g.outputs = list(lin.outputs) + list(norm.outputs[1:])
     if extra_reader == "linear":
@@ -106,7 +102,7 @@ def _norm_then_linear(kind="AddLayerNorm", extra_reader=None, weight_const=True,
 def test_fold_small_graph_numbers(kind):
     g = _norm_then_linear(kind)
     rng = np.random.default_rng(2)
-    feeds = {"a": _values(rng, (1, 2, 8)), "b": _values(rng, (1, 2, 8))}
+    feeds = {"a": values(rng, (1, 2, 8)), "b": values(rng, (1, 2, 8))}
     from eetjit.reference.executor import run_graph
     want = run_graph(g, feeds)
     folded = g.copy()
@@ -135,9 +131,9 @@ def test_norm_linear_reference_is_the_pair(norm, add, split):
     from eetjit.fused._math import layer_norm, rms_norm
     from eetjit.fused.op_linear import linear
     rng = np.random.default_rng(3)
-    a, b = _values(rng, (2, 3, 8)), _values(rng, (2, 3, 8)) if add else None
-    gamma, beta = _values(rng, (8,)), _values(rng, (8,)) if norm == "layer" else None
-    W, bias = _values(rng, (8, 12)), _values(rng, (12,))
+    a, b = values(rng, (2, 3, 8)), values(rng, (2, 3, 8)) if add else None
+    gamma, beta = values(rng, (8,)), values(rng, (8,)) if norm == "layer" else None
+    W, bias = values(rng, (8, 12)), values(rng, (12,))
     attrs = {"norm": norm, "add": add, "epsilon": 1e-5, "activation": "silu"}
     if split:
         attrs["split"] = split
