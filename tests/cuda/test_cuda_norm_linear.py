@@ -3,7 +3,6 @@ and the norm kernel then the GEMM where the GEMV cannot take it (more rows, K no
 Against the rounded NumPy chain: the sum and the normalized row rounded to the storage dtype, as the unfused
 pair stores them."""
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
