@@ -29,7 +29,7 @@ def fold_norm_linear(g: Graph) -> int:
         lin = users[0]
         if lin.domain != "eet" or lin.op_type != "Linear" or lin.inputs[0] is not y:
             continue
-        if any(v is not None and not v.is_const for v in lin.inputs[1:3]) or y in lin.inputs[1:]:
+        if any(v is not None and not v.is_const for v in lin.inputs[1:3]):
             continue
         kind, add = NORMS[norm.op_type]
         ins = list(norm.inputs)
