@@ -129,6 +129,18 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 # run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
+# Past gemv_max_m, up to GEMV_MMA_MAX_M rows (the decode step of a small batch), float16/bfloat16 GEMMs with K a
+# multiple of 16 run on gemv_mma.py.j2: the tensor cores over the stored [K, N] weight (no copy), a warp per vw * 8
+# columns x steps * 16 k, up to `warps` warps per block over adjacent k, the k ranges a block cannot take split over
+# blocks (ksplit; the last block of a strip adds them). H100, GPT-2 small's four projections x 12 layers as graphs
+# (benchmarks/gpu/bench_gemv.py): a layer's GEMMs 20.5 -> 14.9 us at M = 8 against cuBLASLt; at M = 32 no tile beat
+# it (22.3 against 21.3 us), so more rows stay there. EETJIT_GEMV_MMA_MAX_M overrides the rows (0: cuBLASLt);
+# EETJIT_GEMV_MMA_TUNE="vw,warps,steps" the tile (A/B).
+GEMV_MMA_MAX_M = {"gpu": 16, "sim": 0}
+GEMV_MMA_ENV = "EETJIT_GEMV_MMA_MAX_M"
+GEMV_MMA = {"gpu": dict(vw=8, warps=12, steps=4), "sim": dict(vw=2, warps=2, steps=1)}
+GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
+GEMV_MMA_SMEM = 46 * 1024       # the block's shared sums (warps x strip x (rows + 1) float32) must fit
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -207,6 +219,10 @@ class CudaBackend:
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
+        self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
+        self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
+        if self.gemv_mma_tune["vw"] not in (2, 4, 8):
+            raise ValueError(f"{GEMV_MMA_TUNE_ENV}: vw (weight columns per lane load) must be 2, 4 or 8")
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
@@ -491,6 +507,9 @@ class CudaBackend:
         input a), gemv_nk computes the norm too."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
+        if M > self.gemv_max_m and self._mma_fits(x_MK, N, gemm.W_KN):
+            self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN)
+            return True
         if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
             return False
         W_KN = gemm.W_KN
@@ -523,6 +542,37 @@ class CudaBackend:
             part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
         self.dev.launch(kern, (tiles, ksplit), t["lanes"] * t["warps"], x_MK, W_KN, bias_N, y_MN, part, count)
         return True
+
+    def _mma_fits(self, x_MK, N, W_KN) -> bool:
+        """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a half dtype, M up to gemv_mma_max_m, N up to gemv_max_n,
+        K a multiple of 16, x contiguous with 4-byte aligned rows, W's stored rows whole aligned loads of vw."""
+        M, K = x_MK.shape
+        vw = self.gemv_mma_tune["vw"]
+        return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
+                and K % 16 == 0 and x_MK.flags.c_contiguous and W_KN.flags.c_contiguous
+                and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
+                and (self.dev.simulated or (_ptr(x_MK) % 4 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
+
+    def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN) -> None:
+        """gemv_mma.py.j2: a block of at most `warps` warps per strip of 8 vw columns over k ranges of warps x steps x
+        16 (fewer warps where fewer cover K), ksplit blocks per strip where one does not; the warps' tiles meet in
+        as many shared slots as GEMV_MMA_SMEM holds (in rounds when there are more warps)."""
+        M, K = x_MK.shape
+        N = y_MN.shape[1]
+        vw, warps, steps = (self.gemv_mma_tune[k] for k in ("vw", "warps", "steps"))
+        strip, mp, ksteps = 8 * vw, 8 * -(-M // 8) + 1, K // 16
+        ksplit = -(-ksteps // (warps * steps))
+        warps = -(-ksteps // (ksplit * steps))
+        slots = max(1, min(warps, GEMV_MMA_SMEM // (strip * mp * 4)))
+        tiles = -(-N // strip)
+        kern = self.kernel("gemv_mma", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, vw=vw,
+                           warps=warps, steps=steps, slots=slots)
+        if ksplit > 1:
+            part = scratch.get("mma_part", (ksplit, M, tiles * strip), np.float32)
+            count = scratch.get("mma_count", (tiles,), np.int32, zeros=True)    # reset by each strip's last block
+        else:
+            part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
+        self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count)
 
     def _nk_fits(self, x_MK, N) -> bool:
         """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x

@@ -25,14 +25,14 @@ def cases(quick=False):
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
-                   c[2].get("norm"), c[2].get("pdl"))
+                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
         yield c
 
 
-PDL_OPS = ("gemv_nk", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
+PDL_OPS = ("gemv_nk", "gemv_mma", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
 
 
 def _cases():
@@ -80,6 +80,14 @@ def _plain_cases():
                 yield dt, "gemv", dict(lanes=32, warps=8, rows_per_warp=4, cpl=4 if dt == "float32" else 8,
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
                                        has_bias=True, vec=True), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+        if dt != "float32":     # the tensor-core GEMV of a batch's decode step: 2-, 4- and 8-column weight loads
+            for M, K, N, vw, warps, steps, ksplit, slots, act in ((32, 768, 2304, 8, 4, 2, 6, 4, "none"),
+                                                                  (8, 3072, 768, 4, 8, 4, 6, 8, "gelu_tanh"),
+                                                                  (32, 768, 768, 2, 12, 4, 1, 12, "none"),
+                                                                  (2, 64, 96, 2, 2, 2, 1, 1, "silu")):
+                yield dt, "gemv_mma", dict(m_rows=M, k=K, n=N, vw=vw, warps=warps, steps=steps, ksplit=ksplit,
+                                           slots=slots, activation=act, has_bias=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]

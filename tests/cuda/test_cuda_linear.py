@@ -23,13 +23,15 @@ def _scale(dtype, K):
 
 @SETTINGS
 @given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(6, 40)),
-       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv-nk", "gemv", "gemv-scalar"]),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv-nk", "gemv", "gemv-scalar", "gemv-mma"]),
        dtype=DTYPES, seed=seeds)
 def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
     simulator's matmul), "gemv-nk" (gemv_nk.py.j2 on a [N, K] copy of the weight, where K is whole 16-byte
     vectors), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
-    the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads)."""
+    the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads), "gemv-mma"
+    (gemv_mma.py.j2 on the tensor cores for any number of rows, where the dtype is a half one and K a multiple of
+    16; otherwise cuBLASLt)."""
     backend = _path(get_backend(dtype), path)
     rng = np.random.default_rng(seed)
     x = values(rng, (M, K)) / np.sqrt(K)
@@ -42,8 +44,9 @@ def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
 
 
 def _path(backend, path):
-    from eetjit.backends.cuda import GEMV_MAX_M
-    backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0}.get(path, 10 ** 6)
+    from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
+    backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv-mma": 0}.get(path, 10 ** 6)
+    backend.gemv_mma_max_m = {"auto": GEMV_MMA_MAX_M[backend.mode], "gemv-mma": 10 ** 6}.get(path, 0)
     backend.gemv_vec = path != "gemv-scalar"
     backend.gemv_nk = path in ("auto", "gemv-nk")
     return backend
@@ -98,16 +101,19 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
-                                     (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072))])
-@pytest.mark.parametrize("kernel", ["nk", "vec", "scalar"])
+                                     (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
+                                     (pick(9, 32), pick(48, 3072), pick(16, 768))])
+@pytest.mark.parametrize("kernel", ["nk", "vec", "scalar", "mma"])
 def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
     chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
     weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
-    (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel). Checked
-    to be the variant that ran."""
+    (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel);
+    gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
+    adding them; otherwise cuBLASLt). Checked to be the variant that ran."""
     from eetjit.backends.cuda import GEMV_VEC_MAX_M
-    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar"}[kernel])
+    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar",
+                                         "mma": "gemv-mma"}[kernel])
     backend._kernels.clear()
     rng = np.random.default_rng(M * 1000 + K)
     W, bias = values(rng, (K, N)), values(rng, (N,))
@@ -118,12 +124,41 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
         want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
         assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
     per_load = 4 if dtype == "float32" else 8
-    ran = {"nk" if memo[0] == "gemv_nk" else dict(memo[2]).get("vec") for memo in backend._kernels
-           if memo[0] in ("gemv", "gemv_nk")}
-    if kernel == "nk":
+    ran = {memo[0][5:] if memo[0] != "gemv" else dict(memo[2]).get("vec") for memo in backend._kernels
+           if memo[0] in ("gemv", "gemv_nk", "gemv_mma")}
+    if kernel == "mma":
+        assert ran == ({"mma"} if dtype != "float32" and K % 16 == 0 else set()), ran
+    elif kernel == "nk":
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
     else:
         assert ran == {kernel != "scalar" and M <= GEMV_VEC_MAX_M and N % per_load == 0}, ran
+    _path(backend, "auto")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("smem", [0, None])
+def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, smem):
+    """gemv_mma.py.j2 with fewer shared slots than warps (smem 0: one slot, the warps adding their tiles into it in
+    turn) and with one slot per warp; several k ranges per block, run twice."""
+    import eetjit.backends.cuda as cuda_backend
+    if smem is not None:
+        monkeypatch.setattr(cuda_backend, "GEMV_MMA_SMEM", smem)
+    backend = _path(get_backend(dtype), "gemv-mma")
+    monkeypatch.setattr(backend, "gemv_mma_tune", dict(vw=2, warps=3, steps=1) if where == "sim"
+                        else dict(vw=8, warps=8, steps=2))
+    backend._kernels.clear()
+    rng = np.random.default_rng(7)
+    M, K, N = (3, 48, 16) if where == "sim" else (12, 768, 2304)
+    W, bias = values(rng, (K, N)), values(rng, (N,))
+    g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "none"}, const={1, 2})
+    op = backend.prepare(node, g)
+    for _ in range(2):
+        x = values(rng, (1, M, K)) / np.sqrt(K)
+        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
+        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    (consts,) = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+    assert consts["warps"] == (3 if where == "sim" else 8)
+    assert consts["slots"] == (1 if smem == 0 else consts["warps"])
     _path(backend, "auto")
 
 

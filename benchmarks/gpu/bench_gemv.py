@@ -1,0 +1,99 @@
+"""The decode step's GEMMs alone (GPU): the four projections of a GPT-2-style layer (q/k/v, attention output,
+MLP up with tanh-GELU, MLP down) for `--layers` layers of distinct random float16 weights, at M rows (a batch's
+decode step), each variant captured as one CUDA graph per projection (a launch per layer) and replayed.
+
+    python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 8,4,2 2,12,4]
+
+Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row, and `gemv_mma.py.j2` with
+each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
+sum, its floor (the weights' bytes at the measured device-to-device copy bandwidth) and the largest relative
+difference from cuBLASLt's result.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--rows", default="8,32", help="M values, comma-separated")
+    ap.add_argument("--tunes", nargs="*", default=["8,4,2"], help="gemv_mma tiles: vw,warps,steps")
+    ap.add_argument("--repeats", type=int, default=50)
+    args = ap.parse_args(argv)
+    import cupy
+    from bench_decode import copy_bandwidth
+    from eetjit.backends.cuda import CudaBackend
+    from eetjit.ir import Graph
+
+    be = CudaBackend("float16", verbose=False)
+    dev = be.dev
+    E = args.hidden
+    projections = [("qkv", E, 3 * E, "none"), ("out", E, E, "none"), ("up", E, 4 * E, "gelu_tanh"),
+                   ("down", 4 * E, E, "none")]
+    rng = np.random.default_rng(0)
+    g = Graph("bench-gemv")
+    ops = {}
+    for name, K, N, act in projections:
+        ops[name] = []
+        for layer in range(args.layers):
+            W = g.constant((rng.standard_normal((K, N)) * 0.02).astype(np.float32), f"{name}{layer}.w")
+            b = g.constant((rng.standard_normal(N) * 0.1).astype(np.float32), f"{name}{layer}.b")
+            x = g.value(f"{name}{layer}.x", np.float32, (1, None, K))
+            node = g.add_node("Linear", [x, W, b], 1, {"activation": act}, domain="eet")
+            ops[name].append(be.prepare(node, g))
+    bw = copy_bandwidth()
+    print(f"card: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; copy {bw / 1e12:.2f} TB/s; "
+          f"PDL {'on' if dev.pdl else 'off'}; hidden {E}, {args.layers} layers", flush=True)
+    variants = [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes]
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    for M in (int(m) for m in args.rows.split(",")):
+        xs = {n: be.dev.upload(rng.standard_normal((1, M, K)).astype(np.float16)) for n, K, _, _ in projections}
+        ys = {n: be.empty((1, M, N)) for n, _, N, _ in projections}
+        floor = sum(K * N * 2 for _, K, N, _ in projections) / bw * 1e6
+        print(f"\nM = {M}: us per GEMM ({', '.join(n for n, *_ in projections)}), layer sum, floor {floor:.2f} us")
+        ref = None
+        for label, tune in variants + ([("gemv_nk", "nk")] if M == 1 else []):
+            be.gemv_max_m = 1 if tune == "nk" else 0
+            be.gemv_mma_max_m = 0 if tune in (None, "nk") else M
+            if tune not in (None, "nk"):
+                be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
+            times, outs = [], {}
+            try:
+                for name, *_ in projections:
+                    def run(name=name):
+                        for op in ops[name]:
+                            op([xs[name], None, None], [ys[name]])
+                    run()
+                    outs[name] = be.to_host(ys[name]).astype(np.float32)
+                    graph = dev.capture(run)
+                    dev.replay(graph)
+                    start.record(dev.stream)
+                    for _ in range(args.repeats):
+                        dev.replay(graph)
+                    end.record(dev.stream)
+                    end.synchronize()
+                    times.append(cupy.cuda.get_elapsed_time(start, end) * 1e3 / args.repeats / args.layers)
+            except Exception as e:     # a tile that does not compile or fit: reported, the others go on
+                print(f"  {label:14s} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            if ref is None:
+                ref = outs
+            err = max(float(np.abs(outs[n] - ref[n]).max() / np.abs(ref[n]).max()) for n in outs)
+            cells = " ".join(f"{t:6.2f}" for t in times)
+            print(f"  {label:14s} {cells}  sum {sum(times):6.2f} ({sum(times) / floor:.1f}x floor)  "
+                  f"max rel diff {err:.1e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
