@@ -565,8 +565,9 @@ class CudaBackend:
         warps = -(-ksteps // (ksplit * steps))
         slots = max(1, min(warps, GEMV_MMA_SMEM // (strip * mp * 4)))
         tiles = -(-N // strip)
-        kern = self.kernel("gemv_mma", m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=has_bias, vw=vw,
-                           warps=warps, steps=steps, slots=slots)
+        # one kernel per 8 rows of x (tiles of mma's n), M read from x: batches of 1-8 rows share theirs
+        kern = self.kernel("gemv_mma", mtiles=-(-M // 8), k=K, n=N, ksplit=ksplit, activation=act,
+                           has_bias=has_bias, vw=vw, warps=warps, steps=steps, slots=slots)
         if ksplit > 1:
             part = scratch.get("mma_part", (ksplit, M, tiles * strip), np.float32)
             count = scratch.get("mma_count", (tiles,), np.int32, zeros=True)    # reset by each strip's last block

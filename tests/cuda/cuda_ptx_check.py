@@ -86,7 +86,7 @@ def _plain_cases():
                                                                   (8, 3072, 768, 4, 8, 4, 6, 8, "gelu_tanh"),
                                                                   (32, 768, 768, 2, 12, 4, 1, 12, "none"),
                                                                   (2, 64, 96, 2, 2, 2, 1, 1, "silu")):
-                yield dt, "gemv_mma", dict(m_rows=M, k=K, n=N, vw=vw, warps=warps, steps=steps, ksplit=ksplit,
+                yield dt, "gemv_mma", dict(mtiles=-(-M // 8), k=K, n=N, vw=vw, warps=warps, steps=steps, ksplit=ksplit,
                                            slots=slots, activation=act, has_bias=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \

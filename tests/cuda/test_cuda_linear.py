@@ -162,6 +162,24 @@ def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, smem):
     _path(backend, "auto")
 
 
+def test_gemv_mma_rows_share_a_kernel(where):
+    """gemv_mma.py.j2 is specialized by tiles of 8 rows, the row count read from x: 3, 8 and 5 rows run one kernel,
+    9 rows a second; each result right."""
+    backend = _path(get_backend("float16"), "gemv-mma")
+    backend._kernels.clear()
+    rng = np.random.default_rng(11)
+    K, N = (32, 16) if where == "sim" else (768, 2304)
+    W, bias = values(rng, (K, N)), values(rng, (N,))
+    g, node = single_node("Linear", [values(rng, (1, 3, K)), W, bias], {"activation": "relu"}, const={1, 2})
+    op = backend.prepare(node, g)
+    for M in (3, 8, 5, 9):
+        x = values(rng, (1, M, K)) / np.sqrt(K)
+        want = reference(g, node, [rounded(x, "float16"), rounded(W, "float16"), bias])
+        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, "float16", _scale("float16", K))
+    assert sorted(dict(memo[2])["mtiles"] for memo in backend._kernels if memo[0] == "gemv_mma") == [1, 2]
+    _path(backend, "auto")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("shape, cols", [((37, 50), 64), ((3, 5, 7), None), ((1000,), 1024), ((2, 9), 9)])
