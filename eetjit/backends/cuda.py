@@ -501,9 +501,10 @@ class CudaBackend:
 
     def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN, prologue=None) -> bool:
         """y = act(x @ W[:, :N] + bias) by a GEMV kernel when x has few rows (a decode step): one launch, bias and
-        activation applied in it. gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x
-        strided or unaligned), cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False
-        (nothing done) when cuBLASLt should. With a prologue (only where _gemv_takes it; x_MK is then the norm's
+        activation applied in it. Past gemv_max_m rows, gemv_mma.py.j2 where it fits (_mma_fits). Up to it,
+        gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x strided or unaligned),
+        cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False (nothing done) when
+        cuBLASLt should. With a prologue (only where _gemv_takes it; x_MK is then the norm's
         input a), gemv_nk computes the norm too."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
