@@ -99,6 +99,18 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
     assert_close(run_cuda(get_backend(dtype), g, node, inputs), want, dtype, _scale(dtype, K))
 
 
+def _runs_right(backend, dtype, rng, K, N, act, rows):
+    """One Linear of a random [K, N] weight and bias, run on a fresh x of each row count in `rows` (the op's scratch
+    and counters carried from run to run), each result against the reference."""
+    W, bias = values(rng, (K, N)), values(rng, (N,))
+    g, node = single_node("Linear", [values(rng, (1, rows[0], K)), W, bias], {"activation": act}, const={1, 2})
+    op = backend.prepare(node, g)
+    for M in rows:
+        x = values(rng, (1, M, K)) / np.sqrt(K)
+        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
+        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
@@ -115,14 +127,7 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar",
                                          "mma": "gemv-mma"}[kernel])
     backend._kernels.clear()
-    rng = np.random.default_rng(M * 1000 + K)
-    W, bias = values(rng, (K, N)), values(rng, (N,))
-    g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "gelu_tanh"}, const={1, 2})
-    op = backend.prepare(node, g)
-    for _ in range(2):
-        x = values(rng, (1, M, K)) / np.sqrt(K)
-        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
-        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    _runs_right(backend, dtype, np.random.default_rng(M * 1000 + K), K, N, "gelu_tanh", [M, M])
     per_load = 4 if dtype == "float32" else 8
     ran = {memo[0][5:] if memo[0] != "gemv" else dict(memo[2]).get("vec") for memo in backend._kernels
            if memo[0] in ("gemv", "gemv_nk", "gemv_mma")}
@@ -147,15 +152,8 @@ def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, smem):
     monkeypatch.setattr(backend, "gemv_mma_tune", dict(vw=2, warps=3, steps=1) if where == "sim"
                         else dict(vw=8, warps=8, steps=2))
     backend._kernels.clear()
-    rng = np.random.default_rng(7)
     M, K, N = (3, 48, 16) if where == "sim" else (12, 768, 2304)
-    W, bias = values(rng, (K, N)), values(rng, (N,))
-    g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "none"}, const={1, 2})
-    op = backend.prepare(node, g)
-    for _ in range(2):
-        x = values(rng, (1, M, K)) / np.sqrt(K)
-        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
-        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    _runs_right(backend, dtype, np.random.default_rng(7), K, N, "none", [M, M])
     (consts,) = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
     assert consts["warps"] == (3 if where == "sim" else 8)
     assert consts["slots"] == (1 if smem == 0 else consts["warps"])
@@ -167,15 +165,8 @@ def test_gemv_mma_rows_share_a_kernel(where):
     9 rows a second; each result right."""
     backend = _path(get_backend("float16"), "gemv-mma")
     backend._kernels.clear()
-    rng = np.random.default_rng(11)
     K, N = (32, 16) if where == "sim" else (768, 2304)
-    W, bias = values(rng, (K, N)), values(rng, (N,))
-    g, node = single_node("Linear", [values(rng, (1, 3, K)), W, bias], {"activation": "relu"}, const={1, 2})
-    op = backend.prepare(node, g)
-    for M in (3, 8, 5, 9):
-        x = values(rng, (1, M, K)) / np.sqrt(K)
-        want = reference(g, node, [rounded(x, "float16"), rounded(W, "float16"), bias])
-        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, "float16", _scale("float16", K))
+    _runs_right(backend, "float16", np.random.default_rng(11), K, N, "relu", [3, 8, 5, 9])
     assert sorted(dict(memo[2])["mtiles"] for memo in backend._kernels if memo[0] == "gemv_mma") == [1, 2]
     _path(backend, "auto")
 
