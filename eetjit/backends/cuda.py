@@ -221,8 +221,10 @@ class CudaBackend:
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
-        if self.gemv_mma_tune["vw"] not in (2, 4, 8):
-            raise ValueError(f"{GEMV_MMA_TUNE_ENV}: vw (weight columns per lane load) must be 2, 4 or 8")
+        mt = self.gemv_mma_tune
+        if mt["vw"] not in (2, 4, 8) or not 1 <= mt["warps"] <= 32 or mt["steps"] < 1:
+            raise ValueError(f"{GEMV_MMA_TUNE_ENV}={mt}: vw (weight columns per lane load) must be 2, 4 or 8, warps "
+                             "1..32, steps at least 1")
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
@@ -509,6 +511,7 @@ class CudaBackend:
         M, K = x_MK.shape
         N = y_MN.shape[1]
         if M > self.gemv_max_m and self._mma_fits(x_MK, N, gemm.W_KN):
+            assert prologue is None, "a norm prologue reaches only gemv_nk (_gemv_takes)"
             self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN)
             return True
         if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
@@ -545,12 +548,14 @@ class CudaBackend:
         return True
 
     def _mma_fits(self, x_MK, N, W_KN) -> bool:
-        """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a half dtype, M up to gemv_mma_max_m, N up to gemv_max_n,
-        K a multiple of 16, x contiguous with 4-byte aligned rows, W's stored rows whole aligned loads of vw."""
+        """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a card with mma.sync (sm_80+), a half dtype, M up to
+        gemv_mma_max_m and one shared slot of its rows fitting GEMV_MMA_SMEM, N up to gemv_max_n, K a positive
+        multiple of 16, x contiguous with 4-byte aligned rows, W's stored rows whole aligned loads of vw."""
         M, K = x_MK.shape
         vw = self.gemv_mma_tune["vw"]
         return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
-                and K % 16 == 0 and x_MK.flags.c_contiguous and W_KN.flags.c_contiguous
+                and self.dev.mma_sync and 8 * vw * (8 * -(-M // 8) + 1) * 4 <= GEMV_MMA_SMEM
+                and K > 0 and K % 16 == 0 and x_MK.flags.c_contiguous and W_KN.flags.c_contiguous
                 and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
                 and (self.dev.simulated or (_ptr(x_MK) % 4 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
 

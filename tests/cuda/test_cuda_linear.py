@@ -160,6 +160,31 @@ def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, smem):
     _path(backend, "auto")
 
 
+@pytest.mark.parametrize("vw", [4, 8])
+def test_gemv_mma_tiles_split_and_partial_rounds(where, monkeypatch, vw):
+    """gemv_mma.py.j2 with 8- and 16-byte weight loads, two steps per warp (the last block's second step past K),
+    k ranges over blocks, 3 warps adding into 2 shared slots (the second round partial), and a split q/k/v-style
+    output of width 40 (not whole strips: the last strip's loads past the stored width read its last vector)."""
+    import eetjit.backends.cuda as cuda_backend
+    dtype, M, K, parts = "float16", 3, 144 if where == "sim" else 1040, [16, 24]
+    backend = _path(get_backend(dtype), "gemv-mma")
+    monkeypatch.setattr(backend, "gemv_mma_tune", dict(vw=vw, warps=3, steps=2))
+    monkeypatch.setattr(cuda_backend, "GEMV_MMA_SMEM", 2 * 8 * vw * 9 * 4)     # two slots of 8 rows (+1)
+    backend._kernels.clear()
+    rng = np.random.default_rng(vw)
+    W, bias = values(rng, (K, sum(parts))), values(rng, (sum(parts),))
+    g, node = single_node("Linear", [values(rng, (1, M, K)), W, bias], {"activation": "silu", "split": parts},
+                          const={1, 2}, outputs=len(parts))
+    op = backend.prepare(node, g)
+    for _ in range(2):
+        x = values(rng, (1, M, K)) / np.sqrt(K)
+        want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), bias])
+        assert_close([backend.to_host(y) for y in op([x, W, bias])], want, dtype, _scale(dtype, K))
+    (consts,) = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+    assert (consts["vw"], consts["warps"], consts["slots"]) == (vw, 3, 2) and consts["ksplit"] > 1, consts
+    _path(backend, "auto")
+
+
 def test_gemv_mma_rows_share_a_kernel(where):
     """gemv_mma.py.j2 is specialized by tiles of 8 rows, the row count read from x: 3, 8 and 5 rows run one kernel,
     9 rows a second; each result right."""
