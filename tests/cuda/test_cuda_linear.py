@@ -141,22 +141,22 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("smem", [0, None])
-def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, smem):
-    """gemv_mma.py.j2 with fewer shared slots than warps (smem 0: one slot, the warps adding their tiles into it in
-    turn) and with one slot per warp; several k ranges per block, run twice."""
+@pytest.mark.parametrize("one_slot", [True, False])
+def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, one_slot):
+    """gemv_mma.py.j2 with fewer shared slots than warps (shared memory for one slot: the warps add their tiles into
+    it in turn) and with one slot per warp; several k ranges per block, run twice."""
     import eetjit.backends.cuda as cuda_backend
-    if smem is not None:
-        monkeypatch.setattr(cuda_backend, "GEMV_MMA_SMEM", smem)
-    backend = _path(get_backend(dtype), "gemv-mma")
-    monkeypatch.setattr(backend, "gemv_mma_tune", dict(vw=2, warps=3, steps=1) if where == "sim"
-                        else dict(vw=8, warps=8, steps=2))
-    backend._kernels.clear()
+    tune = dict(vw=2, warps=3, steps=1) if where == "sim" else dict(vw=8, warps=8, steps=2)
     M, K, N = (3, 48, 16) if where == "sim" else (12, 768, 2304)
+    if one_slot:        # a slot: 8 vw columns x (the 8-row tiles' rows + 1) float32
+        monkeypatch.setattr(cuda_backend, "GEMV_MMA_SMEM", 8 * tune["vw"] * (8 * -(-M // 8) + 1) * 4)
+    backend = _path(get_backend(dtype), "gemv-mma")
+    monkeypatch.setattr(backend, "gemv_mma_tune", tune)
+    backend._kernels.clear()
     _runs_right(backend, dtype, np.random.default_rng(7), K, N, "none", [M, M])
     (consts,) = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
     assert consts["warps"] == (3 if where == "sim" else 8)
-    assert consts["slots"] == (1 if smem == 0 else consts["warps"])
+    assert consts["slots"] == (1 if one_slot else consts["warps"])
     _path(backend, "auto")
 
 
