@@ -140,7 +140,7 @@ GEMV_MMA_MAX_M = {"gpu": 16, "sim": 0}
 GEMV_MMA_ENV = "EETJIT_GEMV_MMA_MAX_M"
 GEMV_MMA = {"gpu": dict(vw=8, warps=12, steps=4), "sim": dict(vw=2, warps=2, steps=1)}
 GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
-GEMV_MMA_SMEM = 46 * 1024       # the block's shared sums (warps x strip x (rows + 1) float32) must fit
+GEMV_MMA_SMEM = 46 * 1024       # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) must fit
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -554,7 +554,7 @@ class CudaBackend:
         M, K = x_MK.shape
         vw = self.gemv_mma_tune["vw"]
         return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
-                and self.dev.mma_sync and 8 * vw * (8 * -(-M // 8) + 1) * 4 <= GEMV_MMA_SMEM
+                and self.dev.mma_sync and _mma_slot_bytes(M, vw) <= GEMV_MMA_SMEM
                 and K > 0 and K % 16 == 0 and x_MK.flags.c_contiguous and W_KN.flags.c_contiguous
                 and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
                 and (self.dev.simulated or (_ptr(x_MK) % 4 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
@@ -566,10 +566,10 @@ class CudaBackend:
         M, K = x_MK.shape
         N = y_MN.shape[1]
         vw, warps, steps = (self.gemv_mma_tune[k] for k in ("vw", "warps", "steps"))
-        strip, mp, ksteps = 8 * vw, 8 * -(-M // 8) + 1, K // 16
+        strip, ksteps = 8 * vw, K // 16
         ksplit = -(-ksteps // (warps * steps))
         warps = -(-ksteps // (ksplit * steps))
-        slots = max(1, min(warps, GEMV_MMA_SMEM // (strip * mp * 4)))
+        slots = max(1, min(warps, GEMV_MMA_SMEM // _mma_slot_bytes(M, vw)))
         tiles = -(-N // strip)
         # one kernel per 8 rows of x (tiles of mma's n), M read from x: batches of 1-8 rows share theirs
         kern = self.kernel("gemv_mma", mtiles=-(-M // 8), k=K, n=N, ksplit=ksplit, activation=act,
@@ -1174,6 +1174,11 @@ class CudaBackend:
 
     def _dummy_f32_5(self):
         return self._dummy("f5", (1, 1, 1, 1, 1), np.float32)
+
+
+def _mma_slot_bytes(M, vw) -> int:
+    """Bytes of one of gemv_mma.py.j2's shared slots: 8 vw columns x (M rounded up to 8-row tiles, + 1) float32."""
+    return 8 * vw * (8 * -(-M // 8) + 1) * 4
 
 
 class _NormPrologue:
