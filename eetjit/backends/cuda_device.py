@@ -200,6 +200,29 @@ class Device:
         self.stream.synchronize()
         return host
 
+    def to_host_async(self, x):
+        """Queue a copy of the device array x into page-locked host memory behind the work already on the stream,
+        and return a function that waits for that copy alone and returns the host array. The host can queue more
+        work meanwhile (the generator queues the next decode step before it reads this one's tokens). In the
+        simulator the copy is made now."""
+        if not self.on_device(x) or self.simulated:
+            host = np.array(x)
+            return lambda: host
+        if self.capturing:
+            raise CaptureError("device-to-host copy while capturing a CUDA graph")
+        import cupy
+        import cupyx
+        host = cupyx.empty_pinned(x.shape, x.dtype)
+        if x.size:
+            self.xp.ascontiguousarray(x).get(stream=self.stream, out=host, blocking=False)
+        done = cupy.cuda.Event(block=False, disable_timing=True)
+        done.record(self.stream)
+
+        def wait():
+            done.synchronize()
+            return host
+        return wait
+
     def copy(self, dst, src) -> None:
         """dst[...] = src on the device (a strided copy kernel on the GPU, captured like any launch)."""
         if self.simulated:

@@ -19,9 +19,14 @@ step's inputs advanced on the device: ids <- token, positions += 1, step += 1) t
 repeat when the caller buckets them.
 
 What stays eager: sampling with temperature / top-k / top-p (on the device, eetjit.backends.cuda_sampling, after
-the step: it overwrites the tokens and the ids buffer; only B uniform numbers go up and B tokens come back), and
-everything when EETJIT_CUDA_GRAPHS=0 (debug: the same fixed buffers, launched one by one) or under the CUDA
-simulator, which cannot capture. A pass whose capture fails (an op that needs the host) stays eager.
+the step: it overwrites the tokens and the ids buffer; the uniform numbers of all steps go up once and B tokens
+come back a step), and everything when EETJIT_CUDA_GRAPHS=0 (debug: the same fixed buffers, launched one by one)
+or under the CUDA simulator, which cannot capture. A pass whose capture fails (an op that needs the host) stays
+eager.
+
+The generator's loop is pipelined: step i + 1 is queued behind the asynchronous copy of token i to the host
+before the host waits for that copy (`Device.to_host_async`), so the device does not idle while the host reads
+tokens and yields them.
 """
 from __future__ import annotations
 
@@ -308,17 +313,30 @@ class CudaGenerator(Generator):
         dev.set(step.positions, (P - 1 - pad)[:, None])               # the tail advances them to the 1st step's
         dev.set(step.step, [P - 1])
         backend.greedy_tokens(logits, step.tokens, step.ids, step.positions, step.step)
+        uniforms = None
+        if do_sample:
+            # One uniform number per row and token from the seeded stream, in the order the host's `select`
+            # draws them, uploaded once: an upload from pageable memory inside the loop may wait for the queued
+            # steps.
+            uniforms = backend.zeros((max_new_tokens, B), np.float32)
+            dev.set(uniforms, rng.random((max_new_tokens, B)))
+
+        def pick(logits, i: int):
+            """Queue token i's pick after its logits (greedy: already done by the step's tail; sampled: on the
+            device, into step.tokens and the next step's ids) and the copy of the tokens to the host."""
+            if do_sample:
+                sample_tokens(backend, logits, step.tokens, uniforms[i], temperature, top_k, top_p, ids_B1=step.ids)
+            return dev.to_host_async(step.tokens)
+
+        # Pipelined: decode step i + 1 is queued behind token i's copy before the host waits for that copy, so
+        # the device never idles while the host reads tokens, checks eos and yields. A step is queued only where
+        # the loop without the pipeline would run it too; when eos ends every row, the one queued step is wasted.
+        pending = pick(logits, 0)
         finished = np.zeros(B, bool)
         produced = 0
-        uniforms = backend.zeros((B,), np.float32) if do_sample else None
         while True:
-            if do_sample:
-                # On the device: one uniform number per row from the seeded stream (the same draws as the host's
-                # `select`), the token into step.tokens and the next step's ids; the greedy tail of the step has
-                # already advanced positions and step.
-                dev.set(uniforms, rng.random(B))
-                sample_tokens(backend, logits, step.tokens, uniforms, temperature, top_k, top_p, ids_B1=step.ids)
-            tokens = backend.to_host(step.tokens)
+            ahead = pick(step.run(), produced + 1) if produced + 1 < max_new_tokens else None
+            tokens = pending()
             yield [None if finished[b] else int(tokens[b]) for b in range(B)]
             for b in range(B):
                 if not finished[b] and int(tokens[b]) in eos:
@@ -326,4 +344,4 @@ class CudaGenerator(Generator):
             produced += 1
             if produced >= max_new_tokens or finished.all():
                 return
-            logits = step.run()
+            pending = ahead

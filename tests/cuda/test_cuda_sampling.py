@@ -134,7 +134,8 @@ def test_sim_generate_samples_on_the_device_like_the_cpu_session(monkeypatch):
     want = session("cpu").generate(prompts, **kw)
     sess = session("cuda")
     copied = []
-    to_host = sess.backend.to_host
+    to_host, to_host_async = sess.backend.to_host, sess.backend.dev.to_host_async
     monkeypatch.setattr(sess.backend, "to_host", lambda x: copied.append(np.shape(x)) or to_host(x))
+    monkeypatch.setattr(sess.backend.dev, "to_host_async", lambda x: copied.append(np.shape(x)) or to_host_async(x))
     assert sess.generate(prompts, **kw) == want
     assert copied and all(int(np.prod(s)) <= len(prompts) for s in copied), copied    # B tokens, never logits
