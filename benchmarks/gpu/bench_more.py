@@ -258,31 +258,54 @@ import cProfile, io, json, pstats, sys, time
 t0 = time.perf_counter()
 import eetjit
 from eetjit import codegen
+from eetjit.backends import cuda_device
 t1 = time.perf_counter()
-prof = cProfile.Profile()
-prof.enable()
+# Each kernel's first launch: Numba compiles it there (or loads it from its disk cache). The launch is queued, so
+# the time is the host's: compile + load + queueing.
+first = {}
+launch = cuda_device.Device.launch
+def timed_launch(self, kernel, *args):
+    if kernel in first:
+        return launch(self, kernel, *args)
+    t = time.perf_counter()
+    launch(self, kernel, *args)
+    first[kernel] = (getattr(kernel, "py_func", kernel).__module__, time.perf_counter() - t)
+cuda_device.Device.launch = timed_launch
+prof = cProfile.Profile() if sys.argv[2] == "profile" else None
+if prof:
+    prof.enable()
 s = eetjit.compile(sys.argv[1], device="cuda", dtype="float16", max_batch=1, max_seq_len=128, verbose=False)
 t2 = time.perf_counter()
 s.generate([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]], max_new_tokens=8)
 t3 = time.perf_counter()
-prof.disable()
+if prof:
+    prof.disable()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "first_generate_s": t3 - t2,
-                              "total_s": t3 - t0, "kernels": codegen.stats()}))
-text = io.StringIO()
-pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
-print("PROFILE " + json.dumps(text.getvalue()))
+                              "total_s": t3 - t0, "kernels": codegen.stats(),
+                              "first_launch_s": sorted(first.values(), key=lambda x: -x[1])}))
+if prof:
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
+    print("PROFILE " + json.dumps(text.getvalue()))
 """
 
 
 def sec_compile(args) -> dict:
+    """Cold (a fresh EETJIT_CACHE_DIR) then warm (the same one), each a fresh process, timed without a profiler.
+    With --compile-profile, a second cold / warm pair on another fresh cache runs under cProfile (its figures are
+    inflated by the profiler: Numba's compiler is millions of Python calls) and saves the profiles."""
     res = {}
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = Path(tempfile.mkdtemp(prefix="eetjit-cold-cache-"))
-    env = {**os.environ, "EETJIT_CACHE_DIR": str(cache)}
-    for label in ("cold", "warm"):
+    runs = [("cold", "plain"), ("warm", "plain")]
+    if args.compile_profile:
+        runs += [("cold_profiled", "profile"), ("warm_profiled", "profile")]
+    for label, mode in runs:
+        if label.startswith("cold"):
+            cache = Path(tempfile.mkdtemp(prefix="eetjit-cold-cache-"))
+            env = {**os.environ, "EETJIT_CACHE_DIR": str(cache)}
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(args.model)], env=env, capture_output=True,
-                           text=True, timeout=max(10, args.section_timeout - 5))
+        p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(args.model), mode], env=env,
+                           capture_output=True, text=True, timeout=max(10, args.section_timeout - 5))
         wall = time.perf_counter() - t
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
@@ -293,10 +316,13 @@ def sec_compile(args) -> dict:
         r["wall_s"] = wall
         res[label] = r
         prof = [x for x in p.stdout.splitlines() if x.startswith("PROFILE ")]
-        if prof:    # cProfile of compile + first generate (cumulative), for finding what a warm start still does
+        if prof:    # cProfile of compile + first generate (cumulative), for finding what a start still does
             (args.out / f"compile_{label}_profile.txt").write_text(json.loads(prof[0][8:]))
+        slowest = ", ".join(f"{m.split('_')[2] if m.count('_') >= 3 else m} {t:.1f}"
+                            for m, t in r["first_launch_s"][:8])
         _log(f"[compile] {label}: wall {wall:.1f} s (import {r['import_s']:.1f}, compile {r['compile_s']:.1f}, "
-             f"first generate {r['first_generate_s']:.1f})")
+             f"first generate {r['first_generate_s']:.1f}); {len(r['first_launch_s'])} kernels, first launches "
+             f"{sum(t for _, t in r['first_launch_s']):.1f} s, slowest s: {slowest}")
     return res
 
 
@@ -1012,6 +1038,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=64, help="new tokens per generate (decode sections)")
     ap.add_argument("--ctx", type=int, default=64, help="prompt length (decode sections)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile-profile", action="store_true", help="compile section: also a cold / warm pair under "
+                    "cProfile (saved to OUT/compile_*_profile.txt; its times are inflated by the profiler)")
     n = ap.add_argument_group("sections bert, longctx, wide, chart (defaults: the real sizes; --tiny: the tiny "
                               "fixtures of graphs/ for a simulator run, HF on the CPU in float32)")
     n.add_argument("--tiny", action="store_true", help="tiny sizes (NUMBA_ENABLE_CUDASIM=1 on a machine without GPU)")
