@@ -12,6 +12,7 @@ bfloat16 arrays carry ml_dtypes' bfloat16 dtype (so cuBLASLt sees bf16) and reac
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -55,6 +56,9 @@ class Device:
         self.simulated = bool(config.ENABLE_CUDASIM)
         self.capturing = False
         self.collecting: list | None = None   # see keep()
+        # While a list (deferring()): launches and GEMMs only record what they would compile (kernel, argument
+        # types), for eetjit.codegen.workers to compile in other processes before the real run
+        self.deferred: list | None = None
         # True while an ExecutionPlan traces a new input signature: every op output is a temporary that dies after
         # its last reader, so GEMM plans made for those buffers must not be kept (they would hold them alive)
         self.transient = False
@@ -258,6 +262,11 @@ class Device:
         if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
             return
         converted = [self.kernel_arg(a) for a in args]
+        if self.deferred is not None:        # a dry run: record (the simulator's kernels have no types)
+            types = None if self.simulated else tuple(kernel.typeof_pyval(a) for a in converted)
+            if types is None or types not in kernel.overloads:
+                self.deferred.append((kernel, types))
+            return
         if self.simulated:
             kernel[grid, block](*converted)
         elif self.pdl:
@@ -272,6 +281,19 @@ class Device:
                 dispatcher.LaunchConfig = plain
         else:
             kernel[grid, block, self._numba_stream](*converted)
+
+    @contextlib.contextmanager
+    def deferring(self):
+        """Within: kernel launches and GEMMs do nothing; each launch of a kernel not yet compiled for its argument
+        types is recorded in the list this yields, as (dispatcher, types). Outputs keep whatever their memory
+        held: for a dry run whose only product is that list."""
+        if self.capturing or self.deferred is not None:
+            raise RuntimeError("deferring() while capturing or deferring")
+        self.deferred = []
+        try:
+            yield self.deferred
+        finally:
+            self.deferred = None
 
     # --- graphs ------------------------------------------------------------------------------------
     def keep(self, obj) -> None:

@@ -54,7 +54,7 @@ class Gemm:
     def __call__(self, x_MK, y_MN) -> None:
         """y_MN[...] = x_MK @ W (with the fused epilogue). y_MN is C-contiguous; x_MK has unit column stride."""
         M = x_MK.shape[0]
-        if M == 0:
+        if M == 0 or self.device.deferred is not None:     # deferred: a dry run (Device.deferring)
             return
         if self.device.simulated:
             y_MN[...] = (np.asarray(x_MK, np.float32) @ self._W32).astype(y_MN.dtype)
@@ -125,6 +125,8 @@ class BatchedGemm:
         arrays of A's, B's and C's element types), as one
         cublasGemmBatchedEx (GPU only). The address arrays go to the device once per distinct set and are kept
         (an LRU; captured graphs hold theirs through Device.keep), so a repeated call uploads nothing."""
+        if self.device.deferred is not None:      # a dry run (Device.deferring)
+            return
         from nvmath.bindings import cublas
         key = (a_ptrs.tobytes(), b_ptrs.tobytes(), c_ptrs.tobytes())
         table = self._pointer_arrays.get(key)

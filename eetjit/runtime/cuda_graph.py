@@ -39,6 +39,7 @@ import numpy as np
 
 from eetjit.backends.cuda_device import CaptureError
 from eetjit.backends.cuda_sampling import sample_tokens
+from eetjit.codegen import workers
 from eetjit.plan.generation import POSITIONS, START, STEP
 from eetjit.runtime.generate import Generator
 
@@ -290,6 +291,8 @@ class CudaGenerator(Generator):
         self.backend = session.backend
         self.steps: OrderedDict[int, DecodeStep] = OrderedDict()
         self.prompts: OrderedDict[tuple[int, int], PromptPass] = OrderedDict()
+        self._dry_prompts: set = set()      # shapes dry_run has seen (a generate(1) never runs its decode step)
+        self._dry_steps: set = set()
 
     def prompt_pass(self, B: int, P: int) -> PromptPass:
         return _kept(self.prompts, (B, P), lambda: PromptPass(self.plan, self.backend, self.gen.input_ids, B, P,
@@ -302,11 +305,50 @@ class CudaGenerator(Generator):
     def _caches(self, B: int) -> dict:
         return {k: v[:B] for k, v in self.caches.items()}
 
+    def dry_run(self, B: int, P: int) -> list:
+        """The (kernel, argument types) pairs that the prompt pass of (B, P) and the decode step of B would
+        compile, where either is new to this generator: both run with launches and GEMMs deferred (nothing
+        computes; Device.deferring), and the memory plans those runs traced are forgotten, so the real runs
+        behave as if this had not happened. Once per shape: [] when both were dry-run before, and when the dry
+        run fails."""
+        new_prompt, new_step = (B, P) not in self._dry_prompts, B not in self._dry_steps
+        if not (new_prompt or new_step):
+            return []
+        self._dry_prompts.add((B, P))
+        self._dry_steps.add(B)
+        plan, dev = self.plan, self.backend.dev
+        traced = set(plan._arenas)
+        try:
+            with dev.deferring() as recorded:
+                if new_prompt:
+                    plan.run(self.prompt_pass(B, P).feeds)
+                if new_step:
+                    step = self.decode_step(B)
+                    (logits,) = plan.run(step.feeds)
+                    self.backend.greedy_tokens(logits, step.tokens, step.ids, step.positions, step.step)
+        except Exception:      # an op that needs real values: the real run compiles as it goes
+            recorded = []
+        for sig in set(plan._arenas) - traced:
+            del plan._arenas[sig]
+        return recorded
+
+    def compile_ahead(self, B: int, P: int) -> dict | None:
+        """Before the first run of a new (B, P) prompt pass or B decode step on a GPU: compile the kernels they
+        need and Numba's disk cache lacks in worker processes (eetjit.codegen.workers), side by side."""
+        if self.backend.dev.simulated or workers.worker_count(workers.MAX_WORKERS) < 2:
+            return None
+        jobs = workers.pending_jobs(self.dry_run(B, P))
+        n = workers.worker_count(len(jobs))
+        if n < 2:
+            return None
+        return workers.compile_elsewhere(jobs, n)
+
     def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                eos_token_id=None) -> Iterator[list]:
         prompts, eos, rng, B, P, pad, ids, positions = self._prepare(
             prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id)
         backend, dev = self.backend, self.backend.dev
+        self.compile_ahead(B, P)
         logits = self.prompt_pass(B, P)(ids, positions, pad)          # the prompt pass (a graph once repeated)
         step = self.decode_step(B)
         dev.set(step.start, pad)

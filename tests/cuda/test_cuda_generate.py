@@ -159,14 +159,51 @@ def test_gpu_long_context_decode():
     assert [len(o) for o in out] == [108, 10]
 
 
+@pytest.mark.gpu
+def test_gpu_cold_start_compiles_in_workers(tmp_path, monkeypatch):
+    """A cold cache: the kernels of a new shape's prompt pass and decode step are compiled by worker processes
+    (eetjit.codegen.workers) before the first runs, which then only load them from Numba's disk cache; the
+    tokens are those of a session that compiled as it went."""
+    if SIMULATED:
+        pytest.skip("needs a GPU")
+    from eetjit import codegen
+    from eetjit.runtime.cuda_graph import CudaGenerator
+    want = _session("gpt2", "cuda", "float16").generate(PROMPTS[:2], max_new_tokens=4)
+    monkeypatch.setenv("EETJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("EETJIT_COMPILE_WORKERS", "2")
+    codegen.clear_memory_cache()
+    sess = _session("gpt2", "cuda", "float16")
+    gen = sess._generator = CudaGenerator(sess)
+    done = gen.compile_ahead(2, 5)
+    assert done is not None and done["jobs"] >= 5 and not done["failed"], done
+    codegen.reset_stats()
+    assert sess.generate(PROMPTS[:2], max_new_tokens=4) == want
+    stats = codegen.stats()
+    assert stats["compiles"] == 0 and stats["disk_hits"] >= done["jobs"], stats
+
+
 def test_sim_repeated_prompt_shape_runs_on_fixed_buffers():
     """The second prompt pass of one (batch, length) runs on the buffers of the plan's memory plan (what a GPU
     then captures as a graph): the same tokens, no op allocates or copies from the host while `capturing`, and
-    different prompts of that shape give their own tokens."""
+    different prompts of that shape give their own tokens.
+    First, the dry run before a new shape's first runs (CudaGenerator.dry_run, for compiling side by side)
+    reaches every kernel of the prompt pass and the decode step without running one, and leaves nothing the real
+    runs would see: no memory plan, no KV-cache write, the CPU session's tokens after it."""
     if not SIMULATED:
         pytest.skip("simulator run")
+    from eetjit.runtime.cuda_graph import CudaGenerator
     cpu = _session("gpt2", "cpu")
     sess = _session("gpt2", "cuda")
+    gen = sess._generator = CudaGenerator(sess)
+    caches = {k: v.copy() for k, v in gen.caches.items()}
+    recorded = gen.dry_run(2, 5)
+    names = {k.py_func.__module__.split("_")[2] for k, types in recorded}
+    assert {"embedding", "argmax"} <= names and len(recorded) >= 10, names
+    assert all(types is None for _, types in recorded)        # the simulator's kernels have no argument types
+    assert not gen.plan._arenas and sess.backend.dev.deferred is None
+    assert all(np.array_equal(v, caches[k]) for k, v in gen.caches.items())
+    assert gen.dry_run(2, 5) == []                             # once per shape
+    assert gen.dry_run(2, 7) != []                             # a new prompt length
     other = [[9, 8, 7, 6, 5], [3, 3]]
     want, want_other = cpu.generate(PROMPTS[:2], max_new_tokens=2), cpu.generate(other, max_new_tokens=2)
     assert sess.generate(PROMPTS[:2], max_new_tokens=2) == want
@@ -199,3 +236,4 @@ def test_sim_decode_step_allocates_nothing_once_warm():
         step._collecting(lambda: step._execute(step.bufs))
     finally:
         dev.capturing = False
+

@@ -1,0 +1,118 @@
+"""Compiling CUDA kernels in other processes, so that a cold start compiles them side by side.
+
+Numba compiles one kernel at a time (its compiler is Python under a global lock), and a cold start of a
+GPT-2 decode needs ~17 kernels of 1-9 s each. The CUDA generator therefore first runs its prompt pass and decode
+step dry (`Device.deferring`: nothing launches, each kernel not yet compiled for its argument types is listed),
+drops what Numba's disk cache already holds, and hands the rest to `compile_elsewhere`: worker processes (plain
+`python -c`, so a user's script is never re-imported as with multiprocessing's spawn) each import the rendered
+kernel files of their share and compile them for the listed types. Numba writes each result to its disk cache
+beside the file, where the real run's first launch loads it. Whatever a worker could not compile is compiled by
+that launch as before, so a failure here costs time, never correctness.
+
+EETJIT_COMPILE_WORKERS sets how many processes (default: up to 8, at most the CPU count - 1; 0 turns this off).
+Each worker opens a CUDA context of its own (Numba compiles for the current device) for the length of its share.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKERS_ENV = "EETJIT_COMPILE_WORKERS"
+MAX_WORKERS = 8
+
+_CHILD = "from eetjit.codegen.workers import _child_main; _child_main()"
+
+
+def worker_count(jobs: int) -> int:
+    """Processes for `jobs` kernels: EETJIT_COMPILE_WORKERS if set (0: none), else min(8, CPUs - 1, jobs)."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if raw:
+        try:
+            want = int(raw)
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV}={raw!r} is not a number of processes") from None
+    else:
+        want = min(MAX_WORKERS, (os.cpu_count() or 1) - 1)
+    return max(0, min(want, jobs))
+
+
+def pending_jobs(recorded) -> list[tuple[str, str, list]]:
+    """(module name, rendered file, [argument types]) per kernel of the (dispatcher, types) pairs that
+    Device.deferring recorded, leaving out what is compiled in this process or held by Numba's disk cache."""
+    from eetjit.codegen.cache import kernel_path
+    by_kernel: dict[int, tuple] = {}
+    for kernel, types in recorded:
+        if types is None or types in kernel.overloads:
+            continue
+        entry = by_kernel.setdefault(id(kernel), (kernel, []))
+        if types not in entry[1]:
+            entry[1].append(types)
+    jobs = []
+    for kernel, sigs in by_kernel.values():
+        todo = [t for t in sigs if not _on_disk(kernel, t)]
+        if todo:
+            jobs.append((kernel.py_func.__module__, str(kernel_path(kernel)), todo))
+    return jobs
+
+
+def _on_disk(kernel, types) -> bool:
+    """Whether Numba's disk cache holds the kernel for these types (it is then loaded into this process now,
+    as the first launch would)."""
+    try:
+        if kernel._cache.load_overload(types, kernel.targetctx) is None:
+            return False
+        kernel.compile(types)
+        return True
+    except Exception:       # a Numba without these internals: let the workers look
+        return False
+
+
+def compile_elsewhere(jobs, workers: int) -> dict:
+    """Compile the jobs of `pending_jobs` in `workers` processes (round robin, largest share first) and wait.
+    Returns {"jobs", "workers", "seconds", "failed": [module names]}."""
+    t0 = time.perf_counter()
+    shares = [jobs[i::workers] for i in range(workers)]
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = []
+    for share in shares:
+        if not share:
+            continue
+        p = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env)
+        p.stdin.write(pickle.dumps(share))
+        p.stdin.close()
+        procs.append((p, share))
+    failed = []
+    for p, share in procs:
+        out = p.stdout.read()
+        p.wait()
+        try:
+            done = set(pickle.loads(out)) if p.returncode == 0 else set()
+        except Exception:
+            done = set()
+        failed += [name for name, _, _ in share if name not in done]
+    return {"jobs": len(jobs), "workers": len(procs), "seconds": time.perf_counter() - t0, "failed": failed}
+
+
+def _child_main() -> None:
+    """A worker: compile each (module, file, types) read from stdin; print the pickled names that compiled."""
+    share = pickle.loads(sys.stdin.buffer.read())
+    result, sys.stdout = sys.stdout, sys.stderr      # anything printed while compiling stays out of the result
+    from eetjit.codegen.cache import _import
+    done = []
+    for name, path, sigs in share:
+        try:
+            kernel = _import(name, Path(path)).kernel
+            for types in sigs:
+                kernel.compile(types)
+            done.append(name)
+        except Exception:
+            pass
+    result.buffer.write(pickle.dumps(done))
+    result.buffer.flush()
