@@ -7,7 +7,8 @@
 `<cache>/kernels/<target>/<module>.py` (atomically; <cache> is $EETJIT_CACHE_DIR or the user cache folder),
 imported by path and compiled by Numba, whose `cache=True` object cache lands in `__pycache__` beside it.
 $EETJIT_DUMP_DIR receives a copy of every kernel source; $EETJIT_TEMPLATES_DIR replaces the shipped templates.
-`stats()` counts renders, compiles and disk-cache loads (tests assert on it).
+`stats()` counts renders, compiles and disk-cache loads (tests assert on it). `workers` compiles CUDA kernels in
+other processes into that cache (the CUDA generator's cold start).
 """
 from __future__ import annotations
 
