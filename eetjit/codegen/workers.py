@@ -18,11 +18,13 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 WORKERS_ENV = "EETJIT_COMPILE_WORKERS"
 MAX_WORKERS = 8
+TIMEOUT_S = 600.0     # for all workers together; what is left then is compiled by the first launches
 
 _CHILD = "from eetjit.codegen.workers import _child_main; _child_main()"
 
@@ -36,7 +38,8 @@ def worker_count(jobs: int) -> int:
         except ValueError:
             raise ValueError(f"{WORKERS_ENV}={raw!r} is not a number of processes") from None
     else:
-        want = min(MAX_WORKERS, (os.cpu_count() or 1) - 1)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        want = min(MAX_WORKERS, cpus - 1)
     return max(0, min(want, jobs))
 
 
@@ -71,38 +74,43 @@ def _on_disk(kernel, types) -> bool:
         return False
 
 
-def compile_elsewhere(jobs, workers: int) -> dict:
-    """Compile the jobs of `pending_jobs` in `workers` processes (round robin, largest share first) and wait.
+def compile_elsewhere(jobs, workers: int, timeout: float = TIMEOUT_S) -> dict:
+    """Compile the jobs of `pending_jobs` in `workers` processes (round robin) and wait for them, at most
+    `timeout` seconds (then the rest are stopped and count as failed).
     Returns {"jobs", "workers", "seconds", "failed": [module names]}."""
     t0 = time.perf_counter()
-    shares = [jobs[i::workers] for i in range(workers)]
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    procs = []
-    for share in shares:
-        if not share:
-            continue
-        p = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, env=env)
-        p.stdin.write(pickle.dumps(share))
-        p.stdin.close()
-        procs.append((p, share))
-    failed = []
-    for p, share in procs:
-        out = p.stdout.read()
-        p.wait()
-        try:
-            done = set(pickle.loads(out)) if p.returncode == 0 else set()
-        except Exception:
-            done = set()
-        failed += [name for name, _, _ in share if name not in done]
+    failed, procs = [], []
+    with tempfile.TemporaryDirectory(prefix="eetjit-compile-") as tmp:
+        for i in range(workers):
+            share = jobs[i::workers]
+            if not share:
+                continue
+            path = Path(tmp) / f"share{i}.pickle"
+            path.write_bytes(pickle.dumps(share))
+            p = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            procs.append((p, share))
+        for p, share in procs:
+            try:
+                out, _ = p.communicate(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
+                done = set(pickle.loads(out)) if p.returncode == 0 else set()
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+                done = set()
+            except Exception:
+                done = set()
+            failed += [name for name, _, _ in share if name not in done]
     return {"jobs": len(jobs), "workers": len(procs), "seconds": time.perf_counter() - t0, "failed": failed}
 
 
 def _child_main() -> None:
-    """A worker: compile each (module, file, types) read from stdin; print the pickled names that compiled."""
-    share = pickle.loads(sys.stdin.buffer.read())
+    """A worker: compile each (module, file, types) of the pickled share named by argv[1]; print the pickled names
+    of the modules that compiled."""
+    share = pickle.loads(Path(sys.argv[1]).read_bytes())
     result, sys.stdout = sys.stdout, sys.stderr      # anything printed while compiling stays out of the result
     from eetjit.codegen.cache import _import
     done = []

@@ -9,8 +9,10 @@ from eetjit.codegen import workers
 def test_worker_count(monkeypatch):
     monkeypatch.delenv(workers.WORKERS_ENV, raising=False)
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert workers.worker_count(20) == workers.MAX_WORKERS and workers.worker_count(3) == 3
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert workers.worker_count(20) == 1
     monkeypatch.setenv(workers.WORKERS_ENV, "0")
     assert workers.worker_count(20) == 0
@@ -44,3 +46,10 @@ def test_workers_compile_each_signature(tmp_path):
     assert done["failed"] == [] and done["workers"] == 2
     assert sorted(log.read_text().split("\n")[:-1]) == sorted(
         repr((i, (t, i))) for i in range(3) for t in ("a", "b"))
+
+
+def test_a_worker_past_the_time_limit_is_stopped(tmp_path):
+    f = tmp_path / "slow.py"
+    f.write_text("import time\nclass _Kernel:\n    def compile(self, types):\n        time.sleep(60)\nkernel = _Kernel()\n")
+    done = workers.compile_elsewhere([("eetjit_test_slow", str(f), [()])], 1, timeout=2.0)
+    assert done["failed"] == ["eetjit_test_slow"] and done["seconds"] < 30
