@@ -84,34 +84,38 @@ def compile_elsewhere(jobs, workers: int, timeout: float = TIMEOUT_S) -> dict:
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     failed, procs = [], []
     with tempfile.TemporaryDirectory(prefix="eetjit-compile-") as tmp:
-        for i in range(workers):
-            share = jobs[i::workers]
-            if not share:
-                continue
-            path = Path(tmp) / f"share{i}.pickle"
-            path.write_bytes(pickle.dumps(share))
-            p = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            procs.append((p, share))
-        for p, share in procs:
-            try:
-                out, _ = p.communicate(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
-                done = set(pickle.loads(out)) if p.returncode == 0 else set()
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
-                done = set()
-            except Exception:
-                done = set()
-            failed += [name for name, _, _ in share if name not in done]
+        try:
+            for i in range(workers):
+                share = jobs[i::workers]
+                if not share:
+                    continue
+                path = Path(tmp) / f"share{i}.pickle"
+                path.write_bytes(pickle.dumps(share))
+                p = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                procs.append((p, share, path.with_suffix(".done")))
+            for p, share, result in procs:
+                try:
+                    p.wait(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
+                    done = set(pickle.loads(result.read_bytes())) if p.returncode == 0 else set()
+                except subprocess.TimeoutExpired:
+                    done = set()
+                except Exception:
+                    done = set()
+                failed += [name for name, _, _ in share if name not in done]
+        finally:        # a worker past the time limit, or any left by an error or an interrupt here
+            for p, _, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     return {"jobs": len(jobs), "workers": len(procs), "seconds": time.perf_counter() - t0, "failed": failed}
 
 
 def _child_main() -> None:
-    """A worker: compile each (module, file, types) of the pickled share named by argv[1]; print the pickled names
-    of the modules that compiled."""
-    share = pickle.loads(Path(sys.argv[1]).read_bytes())
-    result, sys.stdout = sys.stdout, sys.stderr      # anything printed while compiling stays out of the result
+    """A worker: compile each (module, file, types) of the pickled share named by argv[1]; write the names of
+    the modules that compiled beside it (`.done`; a file, since a library may write to the output descriptor)."""
+    share_file = Path(sys.argv[1])
+    share = pickle.loads(share_file.read_bytes())
     from eetjit.codegen.cache import _import
     done = []
     for name, path, sigs in share:
@@ -122,5 +126,4 @@ def _child_main() -> None:
             done.append(name)
         except Exception:
             pass
-    result.buffer.write(pickle.dumps(done))
-    result.buffer.flush()
+    share_file.with_suffix(".done").write_bytes(pickle.dumps(done))

@@ -317,7 +317,7 @@ class CudaGenerator(Generator):
         self._dry_prompts.add((B, P))
         self._dry_steps.add(B)
         plan, dev = self.plan, self.backend.dev
-        traced = set(plan._arenas)
+        arenas = list(plan._arenas.items())        # restored after: the dry run's traces may evict older ones
         try:
             with dev.deferring() as recorded:
                 if new_prompt:
@@ -328,8 +328,8 @@ class CudaGenerator(Generator):
                     self.backend.greedy_tokens(logits, step.tokens, step.ids, step.positions, step.step)
         except Exception:      # an op that needs real values: the real run compiles as it goes
             recorded = []
-        for sig in set(plan._arenas) - traced:
-            del plan._arenas[sig]
+        plan._arenas.clear()
+        plan._arenas.update(arenas)
         return recorded
 
     def compile_ahead(self, B: int, P: int) -> dict | None:
@@ -337,11 +337,14 @@ class CudaGenerator(Generator):
         need and Numba's disk cache lacks in worker processes (eetjit.codegen.workers), side by side."""
         if self.backend.dev.simulated or workers.worker_count(workers.MAX_WORKERS) < 2:
             return None
-        jobs = workers.pending_jobs(self.dry_run(B, P))
-        n = workers.worker_count(len(jobs))
-        if n < 2:
+        try:
+            jobs = workers.pending_jobs(self.dry_run(B, P))
+            n = workers.worker_count(len(jobs))
+            return workers.compile_elsewhere(jobs, n) if n >= 2 else None
+        except Exception as e:      # workers that cannot start: the first launches compile, as without them
+            warnings.warn(f"eetjit: compiling in worker processes failed ({type(e).__name__}: {e}); kernels "
+                          "compile at their first launch", RuntimeWarning, stacklevel=2)
             return None
-        return workers.compile_elsewhere(jobs, n)
 
     def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                eos_token_id=None) -> Iterator[list]:
@@ -376,14 +379,21 @@ class CudaGenerator(Generator):
         pending = pick(logits, 0)
         finished = np.zeros(B, bool)
         produced = 0
-        while True:
-            ahead = pick(step.run(), produced + 1) if produced + 1 < max_new_tokens else None
-            tokens = pending()
-            yield [None if finished[b] else int(tokens[b]) for b in range(B)]
-            for b in range(B):
-                if not finished[b] and int(tokens[b]) in eos:
-                    finished[b] = True
-            produced += 1
-            if produced >= max_new_tokens or finished.all():
-                return
-            pending = ahead
+        ahead = None
+        try:
+            while True:
+                ahead = pick(step.run(), produced + 1) if produced + 1 < max_new_tokens else None
+                tokens = pending()
+                yield [None if finished[b] else int(tokens[b]) for b in range(B)]
+                for b in range(B):
+                    if not finished[b] and int(tokens[b]) in eos:
+                        finished[b] = True
+                produced += 1
+                if produced >= max_new_tokens or finished.all():
+                    return
+                pending = ahead
+        finally:
+            # a copy still queued (eos, or the caller stopped reading) must land before its pinned block can go
+            # back to CuPy's pool and be handed out again
+            if ahead is not None and ahead is not pending:
+                ahead()

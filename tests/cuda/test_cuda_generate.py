@@ -237,3 +237,25 @@ def test_sim_decode_step_allocates_nothing_once_warm():
     finally:
         dev.capturing = False
 
+
+
+def test_sim_stream_closed_early_waits_for_its_queued_copy(monkeypatch):
+    """The pipelined loop queues the next step's token copy before yielding; a caller that stops reading leaves
+    it queued, and closing the stream waits for it (its pinned block must not go back to the pool while the
+    copy may still write into it)."""
+    if not SIMULATED:
+        pytest.skip("simulator run")
+    sess = _session("gpt2", "cuda")
+    queued, waited = [], []
+    to_host_async = sess.backend.dev.to_host_async
+
+    def tracked(x):
+        wait = to_host_async(x)
+        queued.append(wait)
+        return lambda: waited.append(wait) or wait()
+    monkeypatch.setattr(sess.backend.dev, "to_host_async", tracked)
+    it = sess.generate(PROMPTS[:1], stream=True, max_new_tokens=4)
+    first = next(it)
+    assert len(first) == 1 and len(queued) == 2 and len(waited) == 1     # token 0 read, token 1's copy queued
+    it.close()
+    assert len(waited) == 2 and len(queued) == 2
