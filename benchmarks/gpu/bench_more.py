@@ -318,7 +318,8 @@ def sec_compile(args) -> dict:
         prof = [x for x in p.stdout.splitlines() if x.startswith("PROFILE ")]
         if prof:    # cProfile of compile + first generate (cumulative), for finding what a start still does
             (args.out / f"compile_{label}_profile.txt").write_text(json.loads(prof[0][8:]))
-        slowest = ", ".join(f"{m.split('_')[2] if m.count('_') >= 3 else m} {t:.1f}"
+        # module eetjit_cuda_<op>_<digest> -> op (gemv_nk and gemv_mma stay apart)
+        slowest = ", ".join(f"{m.split('_', 2)[2].rsplit('_', 1)[0] if m.count('_') >= 3 else m} {t:.1f}"
                             for m, t in r["first_launch_s"][:8])
         _log(f"[compile] {label}: wall {wall:.1f} s (import {r['import_s']:.1f}, compile {r['compile_s']:.1f}, "
              f"first generate {r['first_generate_s']:.1f}); {len(r['first_launch_s'])} kernels, first launches "

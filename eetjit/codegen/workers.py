@@ -98,9 +98,7 @@ def compile_elsewhere(jobs, workers: int, timeout: float = TIMEOUT_S) -> dict:
                 try:
                     p.wait(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
                     done = set(pickle.loads(result.read_bytes())) if p.returncode == 0 else set()
-                except subprocess.TimeoutExpired:
-                    done = set()
-                except Exception:
+                except Exception:       # past the time limit (killed below), or no readable result
                     done = set()
                 failed += [name for name, _, _ in share if name not in done]
         finally:        # a worker past the time limit, or any left by an error or an interrupt here

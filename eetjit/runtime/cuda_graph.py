@@ -383,11 +383,7 @@ class CudaGenerator(Generator):
         try:
             while True:
                 ahead = pick(step.run(), produced + 1) if produced + 1 < max_new_tokens else None
-                tokens = pending()
-                yield [None if finished[b] else int(tokens[b]) for b in range(B)]
-                for b in range(B):
-                    if not finished[b] and int(tokens[b]) in eos:
-                        finished[b] = True
+                yield self._report(pending(), finished, eos)
                 produced += 1
                 if produced >= max_new_tokens or finished.all():
                     return
@@ -395,5 +391,5 @@ class CudaGenerator(Generator):
         finally:
             # a copy still queued (eos, or the caller stopped reading) must land before its pinned block can go
             # back to CuPy's pool and be handed out again
-            if ahead is not None and ahead is not pending:
+            if ahead is not None:      # waiting twice for a copy is harmless
                 ahead()

@@ -87,6 +87,15 @@ class Generator:
         positions = np.maximum(np.arange(P)[None, :] - pad[:, None], 0).astype(np.int64)
         return prompts, eos, rng, B, P, pad, ids, positions
 
+    @staticmethod
+    def _report(tokens, finished: np.ndarray, eos: set) -> list:
+        """A step's new token per row (None for rows finished before it); rows whose token is an eos finish."""
+        out = [None if finished[b] else int(tokens[b]) for b in range(len(finished))]
+        for b, t in enumerate(out):
+            if t is not None and t in eos:
+                finished[b] = True
+        return out
+
     # --- the loop -----------------------------------------------------------------------------------------
     def stream(self, prompts, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                eos_token_id=None) -> Iterator[list]:
@@ -100,11 +109,7 @@ class Generator:
                      STEP: np.array([P + step - 1 if step else 0], np.int64), **caches}
             (logits,) = self.plan.run(feeds)
             tokens = select(logits[:, -1, :], do_sample, temperature, top_k, top_p, rng)
-            out = [None if finished[b] else int(tokens[b]) for b in range(B)]
-            yield out
-            for b in range(B):
-                if not finished[b] and int(tokens[b]) in eos:
-                    finished[b] = True
+            yield self._report(tokens, finished, eos)
             step += 1
             if step >= max_new_tokens or finished.all():
                 return
