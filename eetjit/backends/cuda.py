@@ -132,13 +132,14 @@ GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
 # Past gemv_max_m, up to GEMV_MMA_MAX_M rows (the decode step of a small batch), float16/bfloat16 GEMMs with K a
 # multiple of 16 run on gemv_mma.py.j2: the tensor cores over the stored [K, N] weight (no copy), a warp per vw * 8
 # columns x steps * 16 k, up to `warps` warps per block over adjacent k, the k ranges a block cannot take split over
-# blocks (ksplit; the last block of a strip adds them). H100, GPT-2 small's four projections x 12 layers as graphs
-# (benchmarks/gpu/bench_gemv.py): a layer's GEMMs 20.5 -> 14.9 us at M = 8 against cuBLASLt; at M = 32 no tile beat
-# it (22.3 against 21.3 us), so more rows stay there. EETJIT_GEMV_MMA_MAX_M overrides the rows (0: cuBLASLt);
+# blocks (ksplit; the last block of a strip adds them). A lane reads its k segment of each x row in 16-byte loads
+# issued together. H200, GPT-2 small's four projections x 12 layers as graphs (benchmarks/gpu/bench_gemv.py, a
+# layer's GEMMs, session 10): cuBLASLt 20.0 / 20.7 / 20.9 us at M = 8 / 16 / 32, this tile 11.9 / 14.7 / 18.0
+# (vw = 8: 13.0 / 16.4 / 24.6). EETJIT_GEMV_MMA_MAX_M overrides the rows (0: cuBLASLt);
 # EETJIT_GEMV_MMA_TUNE="vw,warps,steps" the tile (A/B).
-GEMV_MMA_MAX_M = {"gpu": 16, "sim": 0}
+GEMV_MMA_MAX_M = {"gpu": 32, "sim": 0}
 GEMV_MMA_ENV = "EETJIT_GEMV_MMA_MAX_M"
-GEMV_MMA = {"gpu": dict(vw=8, warps=12, steps=4), "sim": dict(vw=2, warps=2, steps=1)}
+GEMV_MMA = {"gpu": dict(vw=4, warps=12, steps=4), "sim": dict(vw=2, warps=2, steps=1)}
 GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 GEMV_MMA_SMEM = 46 * 1024       # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) must fit
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
@@ -550,14 +551,15 @@ class CudaBackend:
     def _mma_fits(self, x_MK, N, W_KN) -> bool:
         """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a card with mma.sync (sm_80+), a half dtype, M up to
         gemv_mma_max_m and one shared slot of its rows fitting GEMV_MMA_SMEM, N up to gemv_max_n, K a positive
-        multiple of 16, x contiguous with 4-byte aligned rows, W's stored rows whole aligned loads of vw."""
+        multiple of 16 and of a lane's k segment (4 steps), x contiguous and 16-byte aligned (a lane reads its
+        segment of a row in 16-byte loads), W's stored rows whole aligned loads of vw."""
         M, K = x_MK.shape
-        vw = self.gemv_mma_tune["vw"]
+        vw, steps = self.gemv_mma_tune["vw"], self.gemv_mma_tune["steps"]
         return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
                 and self.dev.mma_sync and _mma_slot_bytes(M, vw) <= GEMV_MMA_SMEM
-                and K > 0 and K % 16 == 0 and x_MK.flags.c_contiguous and W_KN.flags.c_contiguous
-                and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
-                and (self.dev.simulated or (_ptr(x_MK) % 4 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
+                and K > 0 and K % 16 == 0 and K % (4 * steps) == 0 and x_MK.flags.c_contiguous
+                and W_KN.flags.c_contiguous and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
+                and (self.dev.simulated or (_ptr(x_MK) % 16 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
 
     def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN) -> None:
         """gemv_mma.py.j2: a block of at most `warps` warps per strip of 8 vw columns over k ranges of warps x steps x
