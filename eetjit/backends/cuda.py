@@ -125,10 +125,16 @@ GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
 GEMV_NK_ENV = "EETJIT_GEMV_NK"
 GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides GEMV_NK (benchmarks/gpu/ab_decode.sh)
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
-# holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; wider rows (and M > gemv_max_m)
-# run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
+# holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
+# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
+# other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
+# H200, GPT-2 small decode (session 10, two rounds each): B8 x 256 0.463 / 0.460 -> 0.452 / 0.453 ms/step with
+# gemv_mma's prologue, but B32 x 512 0.698 -> 0.999 (the NormLinear GEMMs 23 us each, 159 registers; not
+# diagnosed), so past one tile of 8 rows the norm kernel runs first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
+GEMV_MMA_NORM_MAX_M = {"gpu": 8, "sim": 8}
+GEMV_MMA_NORM_ENV = "EETJIT_GEMV_MMA_NORM_MAX_M"
 # Past gemv_max_m, up to GEMV_MMA_MAX_M rows (the decode step of a small batch), float16/bfloat16 GEMMs with K a
 # multiple of 16 run on gemv_mma.py.j2: the tensor cores over the stored [K, N] weight (no copy), a warp per vw * 8
 # columns x steps * 16 k, up to `warps` warps per block over adjacent k, the k ranges a block cannot take split over
@@ -221,6 +227,7 @@ class CudaBackend:
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
+        self.gemv_mma_norm_max_m = int(os.environ.get(GEMV_MMA_NORM_ENV, GEMV_MMA_NORM_MAX_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
         mt = self.gemv_mma_tune
         if mt["vw"] not in (2, 4, 8) or not 1 <= mt["warps"] <= 32 or mt["steps"] < 1:
@@ -463,7 +470,7 @@ class CudaBackend:
             lead = x.shape[:-1]
             M = math.prod(lead)
             x_MK = self._contiguous(x).reshape(M, gemm.K)
-            if prologue is not None and not self._gemv_takes(prologue, x_MK, N):
+            if prologue is not None and not self._gemv_takes(prologue, x_MK, N, gemm.W_KN):
                 x_MK, prologue = prologue.normed().reshape(M, gemm.K), None      # the norm kernel first
             if split:
                 base = _split_base(out, M, N, split)
@@ -508,12 +515,11 @@ class CudaBackend:
         gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x strided or unaligned),
         cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False (nothing done) when
         cuBLASLt should. With a prologue (only where _gemv_takes it; x_MK is then the norm's
-        input a), gemv_nk computes the norm too."""
+        input a), gemv_nk or gemv_mma computes the norm too."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
         if M > self.gemv_max_m and self._mma_fits(x_MK, N, gemm.W_KN):
-            assert prologue is None, "a norm prologue reaches only gemv_nk (_gemv_takes)"
-            self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN)
+            self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue)
             return True
         if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
             return False
@@ -561,27 +567,37 @@ class CudaBackend:
                 and W_KN.flags.c_contiguous and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
                 and (self.dev.simulated or (_ptr(x_MK) % 16 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
 
-    def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN) -> None:
+    def _mma_ksplit(self, K) -> tuple[int, int]:
+        """gemv_mma's (k ranges over blocks, warps per block) for K: warps x steps x 16 k a block at most."""
+        warps, steps = self.gemv_mma_tune["warps"], self.gemv_mma_tune["steps"]
+        ksteps = K // 16
+        ksplit = -(-ksteps // (warps * steps))
+        return ksplit, -(-ksteps // (ksplit * steps))
+
+    def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue=None) -> None:
         """gemv_mma.py.j2: a block of at most `warps` warps per strip of 8 vw columns over k ranges of warps x steps x
         16 (fewer warps where fewer cover K), ksplit blocks per strip where one does not; the warps' tiles meet in
-        as many shared slots as GEMV_MMA_SMEM holds (in rounds when there are more warps)."""
+        as many shared slots as GEMV_MMA_SMEM holds (in rounds when there are more warps). With a norm prologue
+        (one k range: _gemv_takes), x_MK is the norm's input and the kernel normalizes its rows itself."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
-        vw, warps, steps = (self.gemv_mma_tune[k] for k in ("vw", "warps", "steps"))
-        strip, ksteps = 8 * vw, K // 16
-        ksplit = -(-ksteps // (warps * steps))
-        warps = -(-ksteps // (ksplit * steps))
-        slots = max(1, min(warps, GEMV_MMA_SMEM // _mma_slot_bytes(M, vw)))
+        vw, steps = self.gemv_mma_tune["vw"], self.gemv_mma_tune["steps"]
+        strip = 8 * vw
+        ksplit, warps = self._mma_ksplit(K)
+        mtiles = -(-M // 8)
+        stats = 0 if prologue is None else 2 * 8 * mtiles * warps * 4      # the prologue's per-warp row sums
+        slots = max(1, min(warps, (GEMV_MMA_SMEM - stats) // _mma_slot_bytes(M, vw)))
         tiles = -(-N // strip)
+        extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K)
         # one kernel per 8 rows of x (tiles of mma's n), M read from x: batches of 1-8 rows share theirs
-        kern = self.kernel("gemv_mma", mtiles=-(-M // 8), k=K, n=N, ksplit=ksplit, activation=act,
-                           has_bias=has_bias, vw=vw, warps=warps, steps=steps, slots=slots)
+        kern = self.kernel("gemv_mma", mtiles=mtiles, k=K, n=N, ksplit=ksplit, activation=act,
+                           has_bias=has_bias, vw=vw, warps=warps, steps=steps, slots=slots, **extra)
         if ksplit > 1:
             part = scratch.get("mma_part", (ksplit, M, tiles * strip), np.float32)
             count = scratch.get("mma_count", (tiles,), np.int32, zeros=True)    # reset by each strip's last block
         else:
             part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
-        self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count)
+        self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count, *args)
 
     def _nk_fits(self, x_MK, N) -> bool:
         """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x
@@ -590,12 +606,18 @@ class CudaBackend:
         return (0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and K % self.per_load == 0
                 and x_MK.flags.c_contiguous and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
 
-    def _gemv_takes(self, prologue, x_MK, N) -> bool:
-        """Whether gemv_nk computes this norm prologue itself: where it runs, K up to GEMV_NORM_MAX_K (each lane
-        group holds the row in registers), every operand of the norm contiguous and aligned."""
+    def _gemv_takes(self, prologue, x_MK, N, W_KN) -> bool:
+        """Whether a GEMV computes this norm prologue itself, every operand of the norm contiguous and aligned:
+        gemv_nk where it runs, K up to GEMV_NORM_MAX_K (each lane group holds the row in registers); gemv_mma
+        where it runs with one k range (a block holds all of K, so it can take the rows' statistics), up to
+        gemv_mma_norm_max_m rows."""
         M, K = x_MK.shape
-        return (self.gemv_norm and K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N)
-                and prologue.fits(M, K, self.dev.simulated))
+        if not (self.gemv_norm and prologue.fits(M, K, self.dev.simulated)):
+            return False
+        if M > self.gemv_max_m:
+            return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN)
+                    and self._mma_ksplit(K)[0] == 1)
+        return K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N)
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:

@@ -63,15 +63,22 @@ def pending_jobs(recorded) -> list[tuple[str, str, list]]:
 
 
 def _on_disk(kernel, types) -> bool:
-    """Whether Numba's disk cache holds the kernel for these types (it is then loaded into this process now,
-    as the first launch would)."""
+    """Whether Numba's disk cache holds the kernel for these types. If so, it is loaded into this process now,
+    once, as its first launch would have: the dispatcher's own compile with compiling disabled, which loads from
+    the disk cache or raises (the miss it counted is taken back, so codegen.stats() counts only real compiles)."""
     try:
-        if kernel._cache.load_overload(types, kernel.targetctx) is None:
-            return False
+        can, misses = kernel._can_compile, kernel._cache_misses[types]
+    except (AttributeError, TypeError):     # a Numba without these internals: the workers look
+        return False
+    kernel._can_compile = False
+    try:
         kernel.compile(types)
         return True
-    except Exception:       # a Numba without these internals: let the workers look
+    except Exception:       # not on disk (or a Numba without these internals): the workers compile it
+        kernel._cache_misses[types] = misses
         return False
+    finally:
+        kernel._can_compile = can
 
 
 def compile_elsewhere(jobs, workers: int, timeout: float = TIMEOUT_S) -> dict:

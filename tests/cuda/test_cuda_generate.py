@@ -180,6 +180,31 @@ def test_gpu_cold_start_compiles_in_workers(tmp_path, monkeypatch):
     assert sess.generate(PROMPTS[:2], max_new_tokens=4) == want
     stats = codegen.stats()
     assert stats["compiles"] == 0 and stats["disk_hits"] >= done["jobs"], stats
+    # a warm start (a fresh process on that cache): every kernel is loaded from Numba's disk cache once, none compiled
+    child = (
+        "import json, sys\n"
+        "from numba.cuda.core import caching\n"
+        "loads = []\n"
+        "plain = caching.Cache.load_overload\n"
+        "def counted(self, sig, ctx):\n"
+        "    loads.append((self._name, str(sig)))\n"
+        "    return plain(self, sig, ctx)\n"
+        "caching.Cache.load_overload = counted\n"
+        "import eetjit\n"
+        "from eetjit import codegen\n"
+        "s = eetjit.compile(sys.argv[1], device='cuda', dtype='float16', verbose=False, max_batch=4, max_seq_len=48)\n"
+        "print(json.dumps({'tokens': s.generate(json.loads(sys.argv[2]), max_new_tokens=4), 'loads': loads,\n"
+        "                  'stats': codegen.stats()}))\n")
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", child, str(graphs_dir() / f"{FIXTURES['gpt2']}.onnx"),
+                          json.dumps(PROMPTS[:2])], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["tokens"] == want
+    assert r["stats"]["compiles"] == 0 and r["stats"]["disk_hits"] == len(r["loads"]), r
+    assert len(set(map(tuple, r["loads"]))) == len(r["loads"]), r["loads"]       # no kernel loaded twice
 
 
 def test_sim_repeated_prompt_shape_runs_on_fixed_buffers():

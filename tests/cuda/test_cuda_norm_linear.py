@@ -3,7 +3,7 @@ and the norm kernel then the GEMM where the GEMV cannot take it (more rows, K no
 Against the rounded NumPy chain: the sum and the normalized row rounded to the storage dtype, as the unfused
 pair stores them."""
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cuda_helpers import EXAMPLES, SETTINGS, assert_close, get_backend, pick, rounded, single_node, values
@@ -98,3 +98,47 @@ def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
     finally:
         from eetjit.backends.cuda import GEMV_MAX_M
         backend.gemv_max_m = GEMV_MAX_M[backend.mode]
+
+
+@settings(SETTINGS, max_examples=2 * EXAMPLES)
+@example(kind="layer", add=True, has_beta=True, has_bias=True, M=9, K=pick(48, 768), fused=True, steps=2, b_row=False,
+         act="gelu_tanh", dtype="float16", seed=3)       # two row tiles; in the simulator, lanes past K
+@given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
+       M=st.sampled_from([2, 3, 9]), K=st.sampled_from(pick((16, 32, 48), (512, 768, 1024))), fused=st.booleans(),
+       steps=st.sampled_from(pick((1, 2), (4, 2))), b_row=st.booleans(), act=st.sampled_from(["none", "gelu_tanh"]),
+       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, steps, b_row, act, dtype, seed):
+    """gemv_mma.py.j2 with the norm in its prologue (rows past gemv_nk's; the block holds all of K: statistics over
+    the lanes' segments, the warps meeting in shared memory; lanes whose segment is past K add nothing). Where K
+    spans more than one block's k range, the rows are past gemv_mma_norm_max_m, or the knob is off (fused=False),
+    the norm kernel runs first."""
+    backend = get_backend(dtype)
+    saved = (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.gemv_mma_tune,
+             backend.gemv_mma_norm_max_m)
+    backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm = 0, 10 ** 6, fused
+    backend.gemv_mma_norm_max_m = 2 if M == 3 else 10 ** 6      # 3 rows past the limit: the norm kernel first
+    backend.gemv_mma_tune = dict(saved[3], steps=steps)
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(seed)
+        N = pick(16, 96)
+        a = values(rng, (1, M, K))
+        b = values(rng, (1, 1 if b_row else M, K)) if add else None
+        gamma = values(rng, (K,))
+        beta = values(rng, (K,)) if kind == "layer" and has_beta else None
+        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
+        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
+        inputs = [a, b, gamma, beta, W, bias]
+        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=1 + add)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        want = _want(a, b, gamma, beta, W, bias, kind, act, None, dtype)
+        if add and b_row:
+            want[-1] = np.broadcast_to(want[-1], (1, M, K))
+        assert_close(got, want, dtype, max(1.0, np.sqrt(K) / 4))
+        block_k = backend.gemv_mma_tune["warps"] * steps * 16
+        assert "gemv_mma" in _ran(backend)
+        takes = fused and K <= block_k and M <= backend.gemv_mma_norm_max_m
+        assert bool(_ran(backend) & NORM_KERNELS) == (not takes), (_ran(backend), K, block_k)
+    finally:
+        (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.gemv_mma_tune,
+         backend.gemv_mma_norm_max_m) = saved
