@@ -147,7 +147,9 @@ GEMV_MMA_MAX_M = {"gpu": 32, "sim": 0}
 GEMV_MMA_ENV = "EETJIT_GEMV_MMA_MAX_M"
 GEMV_MMA = {"gpu": dict(vw=4, warps=12, steps=4), "sim": dict(vw=2, warps=2, steps=1)}
 GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
-GEMV_MMA_SMEM = 46 * 1024       # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) must fit
+# the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
+# sums (2 x rows x warps float32, taken off before the slots are counted) must fit
+GEMV_MMA_SMEM = 46 * 1024
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
@@ -1207,8 +1209,8 @@ def _mma_slot_bytes(M, vw) -> int:
 
 class _NormPrologue:
     """The x of a NormLinear's GEMM: the norm of a (+ b), over the last dim. `fits`/`gemv_args` hand it to
-    gemv_nk's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel instead, into a
-    row block shared by every NormLinear (they run one after another), and returns it."""
+    gemv_nk's or gemv_mma's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel
+    instead, into a row block shared by every NormLinear (they run one after another), and returns it."""
 
     def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm):
         self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
@@ -1217,7 +1219,7 @@ class _NormPrologue:
         self.a = a if tuple(a.shape) == shape else backend._contiguous(backend.dev.xp.broadcast_to(a, shape))
 
     def fits(self, M, K, simulated) -> bool:
-        """Whether gemv_nk can take this prologue: b one row or M rows, every operand whole aligned vectors."""
+        """Whether a GEMV's prologue can take this norm: b one row or M rows, every operand whole aligned vectors."""
         if self.gamma is None or self.gamma.size != K or (self.has_beta and self.beta.size != K):
             return False
         arrays = [self.gamma] + ([self.beta] if self.has_beta else [])

@@ -3,11 +3,12 @@
 Numba compiles one kernel at a time (its compiler is Python under a global lock), and a cold start of a
 GPT-2 decode needs ~17 kernels of 1-9 s each. The CUDA generator therefore first runs its prompt pass and decode
 step dry (`Device.deferring`: nothing launches, each kernel not yet compiled for its argument types is listed),
-drops what Numba's disk cache already holds (loading it into this process there, once), and hands the rest to `compile_elsewhere`: worker processes (plain
-`python -c`, so a user's script is never re-imported as with multiprocessing's spawn) each import the rendered
-kernel files of their share and compile them for the listed types. Numba writes each result to its disk cache
-beside the file, where the real run's first launch loads it. Whatever a worker could not compile is compiled by
-that launch as before, so a failure here costs time, never correctness.
+drops what Numba's disk cache already holds (loading it into this process there, once), and hands the rest to
+`compile_elsewhere`: worker processes (plain `python -c`, so a user's script is never re-imported as with
+multiprocessing's spawn) each import the rendered kernel files of their share and compile them for the listed
+types. Numba writes each result to its disk cache beside the file, where the real run's first launch loads it.
+Whatever a worker could not compile is compiled by that launch as before, so a failure here costs time, never
+correctness.
 
 EETJIT_COMPILE_WORKERS sets how many processes (default: up to 8, at most the CPU count - 1; 0 turns this off).
 Each worker opens a CUDA context of its own (Numba compiles for the current device) for the length of its share.

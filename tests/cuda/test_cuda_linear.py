@@ -168,7 +168,8 @@ def test_gemv_mma_shared_rounds(where, monkeypatch, dtype, one_slot):
 
 @pytest.mark.parametrize("vw", [4, 8])
 def test_gemv_mma_tiles_split_and_partial_rounds(where, monkeypatch, vw):
-    """gemv_mma.py.j2 with 8- and 16-byte weight loads, two steps per warp (the last block's second step past K),
+    """gemv_mma.py.j2 with 8- and 16-byte weight loads, two steps per warp (in the last block, lanes whose k segment
+    is past K),
     k ranges over blocks, 3 warps adding into 2 shared slots (the second round partial), and a split q/k/v-style
     output of width 40 (not whole strips: the last strip's loads past the stored width read its last vector)."""
     import eetjit.backends.cuda as cuda_backend

@@ -1,5 +1,6 @@
-"""eet.NormLinear on the CUDA backend: the one-row GEMV with the norm in its prologue (gemv_nk.py.j2, norm=...),
-and the norm kernel then the GEMM where the GEMV cannot take it (more rows, K not whole vectors, the knob off).
+"""eet.NormLinear on the CUDA backend: the GEMVs with the norm in their prologue (gemv_nk.py.j2 for one row,
+gemv_mma.py.j2 for a few rows, norm=...), and the norm kernel then the GEMM where the GEMV cannot take it (more
+rows, K not whole vectors or past one block, the knob off).
 Against the rounded NumPy chain: the sum and the normalized row rounded to the storage dtype, as the unfused
 pair stores them."""
 import numpy as np
@@ -31,12 +32,13 @@ def _ran(backend):
        path=st.sampled_from(["fused", "unfused", "gemm"]), b_row=st.booleans(),
        act=st.sampled_from(["none", "gelu_tanh"]), dtype=DTYPES, seed=st.integers(0, 2**32 - 1))
 def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_row, act, dtype, seed):
-    """path: "fused" (GEMV for up to 4 rows, the norm in its prologue where K is whole vectors), "unfused" (the
-    same GEMV, EETJIT_GEMV_NORM off: the norm kernel first), "gemm" (cuBLASLt / the simulator's matmul). b_row:
-    the added term is one row broadcast over the M rows."""
+    """path: "fused" (gemv_nk for up to 4 rows, the norm in its prologue where K is whole vectors), "unfused" (the
+    same GEMV, EETJIT_GEMV_NORM off: the norm kernel first), "gemm" (cuBLASLt / the simulator's matmul). gemv_mma
+    is off here (test_norm_linear_mma). b_row: the added term is one row broadcast over the M rows."""
     backend = get_backend(dtype)
     backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "unfused": (4, True, False),
                                                               "gemm": (0, True, True)}[path]
+    backend.gemv_mma_max_m = 0
     backend._kernels.clear()
     try:
         rng = np.random.default_rng(seed)
@@ -64,8 +66,9 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
         assert ("gemv_nk" in _ran(backend)) == (path != "gemm" and K % per_load == 0)
         assert bool(_ran(backend) & NORM_KERNELS) == (not fused)
     finally:
-        from eetjit.backends.cuda import GEMV_MAX_M
+        from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
         backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = GEMV_MAX_M[backend.mode], True, True
+        backend.gemv_mma_max_m = GEMV_MMA_MAX_M[backend.mode]
 
 
 def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
@@ -101,10 +104,10 @@ def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
-@example(kind="layer", add=True, has_beta=True, has_bias=True, M=9, K=pick(48, 768), fused=True, steps=2, b_row=False,
-         act="gelu_tanh", dtype="float16", seed=3)       # two row tiles; in the simulator, lanes past K
+@example(kind="layer", add=True, has_beta=True, has_bias=True, M=9, K=pick(48, 528), fused=True, steps=pick(2, 4),
+         b_row=False, act="gelu_tanh", dtype="float16", seed=3)      # two row tiles, lanes whose segment is past K
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
-       M=st.sampled_from([2, 3, 9]), K=st.sampled_from(pick((16, 32, 48), (512, 768, 1024))), fused=st.booleans(),
+       M=st.sampled_from([2, 3, 9]), K=st.sampled_from(pick((16, 32, 48), (528, 768, 1024))), fused=st.booleans(),
        steps=st.sampled_from(pick((1, 2), (4, 2))), b_row=st.booleans(), act=st.sampled_from(["none", "gelu_tanh"]),
        dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
 def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, steps, b_row, act, dtype, seed):
