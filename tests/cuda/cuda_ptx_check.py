@@ -2,7 +2,8 @@
 they would on the device, so a kernel that cannot compile there fails here (the simulator runs plain Python and
 would not notice). Needs NVVM and NVRTC (pip: nvidia-nvvm, nvidia-cuda-nvrtc); exit code 77 when they are
 missing. Run as a script (it must import numba.cuda without the simulator):
-    python tests/cuda/cuda_ptx_check.py [--quick]
+    python tests/cuda/cuda_ptx_check.py [--quick] [--shard I/N]
+(--shard: only the cases whose index is I modulo N, so that N processes can share the work.)
 """
 import importlib.util
 import os
@@ -89,6 +90,13 @@ def _plain_cases():
                 yield dt, "gemv_mma", dict(mtiles=-(-M // 8), k=K, n=N, vw=vw, warps=warps, steps=steps, ksplit=ksplit,
                                            slots=slots, activation=act, has_bias=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+            # the NormLinear prologue (one k range), with and without programmatic dependent launch
+            for pdl in (False, True):
+                yield dt, "gemv_mma", dict(mtiles=1, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=10,
+                                           activation="gelu_tanh", has_bias=True, norm="layer", add=True,
+                                           has_beta=True, epsilon=1e-5, pdl=pdl), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
+                     "float32[::1]", a2]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]
         yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,
@@ -159,7 +167,10 @@ def _plain_cases():
 
 
 def main(argv=None) -> int:
-    quick = "--quick" in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv
+    shard = next((a.split("=", 1)[1] for a in argv if a.startswith("--shard=")), "0/1")
+    part, parts = (int(x) for x in shard.split("/"))
     try:
         from numba import cuda
         from numba.cuda.cudadrv import nvvm
@@ -177,7 +188,9 @@ def main(argv=None) -> int:
     from eetjit.codegen.render import render, template_source
     failures, count = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        for dt, op, consts, args in cases(quick):
+        for i, (dt, op, consts, args) in enumerate(cases(quick)):
+            if i % parts != part:
+                continue
             consts = dict(consts, sim=False)
             key = SpecKey(op, "cuda", dt, tuple(sorted((k, canonical(v)) for k, v in consts.items())), None,
                           str(hash(template_source(op, "cuda"))), library_versions("cuda"), CC)
