@@ -47,6 +47,7 @@ def fuse(graph: Graph, rules: list[Rule] | None = None) -> FusionReport:
     while changed:
         changed = False
         for rule in rules:
+            fired = False       # the graph is cleaned and sorted again only after a rule that rewrote it
             roots = rule.roots()
             for node in list(graph.nodes):
                 if node.op_type not in roots or node not in graph.nodes:
@@ -65,8 +66,8 @@ def fuse(graph: Graph, rules: list[Rule] | None = None) -> FusionReport:
                 if isinstance(extra, dict):  # helper ops a rewrite emitted once (e.g. the shared PadInfo)
                     for op, n in extra.items():
                         report.add(op, n)
-                changed = True
-            if changed:
+                changed = fired = True
+            if fired:
                 graph.remove_dead()
                 graph.toposort()
     # Counts are what the fused graph holds: a fused op that a later rule absorbed (a LayerNorm inside an
