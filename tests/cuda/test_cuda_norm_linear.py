@@ -26,6 +26,26 @@ def _ran(backend):
     return {memo[0] for memo in backend._kernels}
 
 
+def _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, N, parts, b_row, act, dtype):
+    """One NormLinear of random operands (split into `parts` when given) on the backend, against _want."""
+    rng = np.random.default_rng(seed)
+    a = values(rng, (1, M, K))
+    b = values(rng, (1, 1 if b_row else M, K)) if add else None
+    gamma = values(rng, (K,))
+    beta = values(rng, (K,)) if kind == "layer" and has_beta else None
+    W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
+    attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
+    if parts:
+        attrs["split"] = parts
+    inputs = [a, b, gamma, beta, W, bias]
+    g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=(len(parts) if parts else 1) + add)
+    got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+    want = _want(a, b, gamma, beta, W, bias, kind, act, parts, dtype)
+    if add and b_row:
+        want[-1] = np.broadcast_to(want[-1], (1, M, K))
+    assert_close(got, want, dtype, 1.0 if dtype == "float32" else max(1.0, np.sqrt(K) / 4))
+
+
 @settings(SETTINGS, max_examples=3 * EXAMPLES)      # many independent switches: more examples than usual
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
        split=st.booleans(), M=st.integers(1, 3), K=st.sampled_from(pick((16, 24, 20), (768, 1600, 3072, 1000))),
@@ -41,25 +61,9 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
     backend.gemv_mma_max_m = 0
     backend._kernels.clear()
     try:
-        rng = np.random.default_rng(seed)
         N = pick(24, 96)
-        parts = [N // 4, N // 4, N // 2] if split else None
-        a = values(rng, (1, M, K))
-        b = values(rng, (1, 1 if b_row else M, K)) if add else None
-        gamma = values(rng, (K,))
-        beta = values(rng, (K,)) if kind == "layer" and has_beta else None
-        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
-        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
-        if split:
-            attrs["split"] = parts
-        inputs = [a, b, gamma, beta, W, bias]
-        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=(3 if split else 1) + add)
-        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
-        want = _want(a, b, gamma, beta, W, bias, kind, act, parts, dtype)
-        if add and b_row:
-            want[-1] = np.broadcast_to(want[-1], (1, M, K))
-        scale = 1.0 if dtype == "float32" else max(1.0, np.sqrt(K) / 4)
-        assert_close(got, want, dtype, scale)
+        _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, N, [N // 4, N // 4, N // 2] if split else None,
+                    b_row, act, dtype)
         per_load = 4 if dtype == "float32" else 8
         from eetjit.backends.cuda import GEMV_NORM_MAX_K
         fused = path == "fused" and K % per_load == 0 and K <= GEMV_NORM_MAX_K
@@ -123,21 +127,7 @@ def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, step
     backend.gemv_mma_tune = dict(saved[3], steps=steps)
     backend._kernels.clear()
     try:
-        rng = np.random.default_rng(seed)
-        N = pick(16, 96)
-        a = values(rng, (1, M, K))
-        b = values(rng, (1, 1 if b_row else M, K)) if add else None
-        gamma = values(rng, (K,))
-        beta = values(rng, (K,)) if kind == "layer" and has_beta else None
-        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
-        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
-        inputs = [a, b, gamma, beta, W, bias]
-        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=1 + add)
-        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
-        want = _want(a, b, gamma, beta, W, bias, kind, act, None, dtype)
-        if add and b_row:
-            want[-1] = np.broadcast_to(want[-1], (1, M, K))
-        assert_close(got, want, dtype, max(1.0, np.sqrt(K) / 4))
+        _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, pick(16, 96), None, b_row, act, dtype)
         block_k = backend.gemv_mma_tune["warps"] * steps * 16
         assert "gemv_mma" in _ran(backend)
         takes = fused and K <= block_k and M <= backend.gemv_mma_norm_max_m
