@@ -271,6 +271,29 @@ def timed_launch(self, kernel, *args):
     launch(self, kernel, *args)
     first[kernel] = (getattr(kernel, "py_func", kernel).__module__, time.perf_counter() - t)
 cuda_device.Device.launch = timed_launch
+# Where a start goes, by phase (wall s summed over calls): reading the model, fusing, the Session (plan, weight
+# uploads), the dry run of a new shape, the disk-cache checks (which load what is cached), the workers, and every
+# load from Numba's disk cache wherever it happens. A warm start's loads happen in the checks, before the first
+# launch, so the first-launch times above then read ~0.
+phases = {}
+def timed(owner, name, label):
+    plain = getattr(owner, name)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return plain(*a, **k)
+        finally:
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - t
+    setattr(owner, name, wrapper)
+import eetjit.rewrite
+from eetjit.codegen import workers
+from eetjit.runtime import cuda_graph, session
+from numba.cuda.core import caching
+for owner, name, label in ((eetjit, "load", "load"), (eetjit.rewrite, "fuse", "fuse"),
+                           (session.Session, "__init__", "session"), (cuda_graph.CudaGenerator, "dry_run", "dry_run"),
+                           (workers, "pending_jobs", "disk_checks"), (workers, "compile_elsewhere", "workers"),
+                           (caching.Cache, "load_overload", "disk_loads")):
+    timed(owner, name, label)
 prof = cProfile.Profile() if sys.argv[2] == "profile" else None
 if prof:
     prof.enable()
@@ -281,7 +304,7 @@ t3 = time.perf_counter()
 if prof:
     prof.disable()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "first_generate_s": t3 - t2,
-                              "total_s": t3 - t0, "kernels": codegen.stats(),
+                              "total_s": t3 - t0, "kernels": codegen.stats(), "phases_s": phases,
                               "first_launch_s": sorted(first.values(), key=lambda x: -x[1])}))
 if prof:
     text = io.StringIO()
@@ -324,6 +347,7 @@ def sec_compile(args) -> dict:
         _log(f"[compile] {label}: wall {wall:.1f} s (import {r['import_s']:.1f}, compile {r['compile_s']:.1f}, "
              f"first generate {r['first_generate_s']:.1f}); {len(r['first_launch_s'])} kernels, first launches "
              f"{sum(t for _, t in r['first_launch_s']):.1f} s, slowest s: {slowest}")
+        _log(f"[compile] {label} by phase, s: " + ", ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()))
     return res
 
 
