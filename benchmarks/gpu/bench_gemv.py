@@ -2,7 +2,7 @@
 MLP up with tanh-GELU, MLP down) for `--layers` layers of distinct random float16 weights, at M rows (a batch's
 decode step), each variant captured as one CUDA graph per projection (a launch per layer) and replayed.
 
-    python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 8,4,2 2,12,4]
+    python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 4,12,4 8,12,4]
 
 Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row, and `gemv_mma.py.j2` with
 each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--rows", default="8,32", help="M values, comma-separated")
-    ap.add_argument("--tunes", nargs="*", default=["8,4,2"], help="gemv_mma tiles: vw,warps,steps")
+    ap.add_argument("--tunes", nargs="*", default=["4,12,4"], help="gemv_mma tiles: vw,warps,steps (default: the GPU tile)")
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args(argv)
     import cupy
