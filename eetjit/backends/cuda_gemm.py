@@ -156,6 +156,8 @@ class BatchedGemm:
     def simulate(self, A, B, C, transpose_b=False, alpha=1.0) -> None:
         """The simulator's stand-in for by_pointers: C[i] (M, N) = alpha * A[i] (M, K) @ (B[i]^T if transpose_b
         else B[i]) on 3-D NumPy arrays (views of the same blocks the GPU addresses), float32 accumulation."""
+        if self.device.deferred is not None:      # a dry run: its operands are whatever memory held (NaN too)
+            return
         Bm = np.asarray(B, np.float32)
         prod = np.asarray(A, np.float32) @ (Bm.transpose(0, 2, 1) if transpose_b else Bm)
         C[...] = (np.float32(alpha) * prod).astype(C.dtype)
