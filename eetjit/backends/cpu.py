@@ -16,14 +16,13 @@ The KV-cache steps of generation are methods too: `attention_prefill_cached` and
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Iterable
 
 import numba
 import numpy as np
 
 from eetjit import codegen
-from eetjit.codegen import seq_bucket
+from eetjit.codegen import seq_bucket, workers
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node
 
@@ -35,11 +34,7 @@ ACTIVATIONS = ("none", "relu", "silu", "gelu_tanh", "gelu_erf")
 ATTENTION_ROWS_PER_BLOCK = ((64, "bucket"), (512, 32), (None, 16))
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+_cores = workers.usable_cpus
 
 
 # Below this much work (elements touched, roughly) a kernel runs on the calling thread only. A parallel region

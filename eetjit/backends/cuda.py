@@ -129,8 +129,9 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 # where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
 # other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
 # H200, GPT-2 small decode (session 10, two rounds each): B8 x 256 0.463 / 0.460 -> 0.452 / 0.453 ms/step with
-# gemv_mma's prologue, but B32 x 512 0.698 -> 0.999 (the NormLinear GEMMs 23 us each, 159 registers; not
-# diagnosed), so past one tile of 8 rows the norm kernel runs first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
+# gemv_mma's prologue, but B32 x 512 0.698 -> 0.999 (the NormLinear GEMMs 23 us each; likely the prologue's 549
+# float conversions per lane, benchmarks/gpu/NOTES.md, session 10), so past one tile of 8 rows the norm kernel runs
+# first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
 GEMV_MMA_NORM_MAX_M = {"gpu": 8, "sim": 8}

@@ -30,6 +30,14 @@ TIMEOUT_S = 600.0     # for all workers together; what is left then is compiled 
 _CHILD = "from eetjit.codegen.workers import _child_main; _child_main()"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def worker_count(jobs: int) -> int:
     """Processes for `jobs` kernels: EETJIT_COMPILE_WORKERS if set (0: none), else min(8, CPUs - 1, jobs)."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
@@ -39,8 +47,7 @@ def worker_count(jobs: int) -> int:
         except ValueError:
             raise ValueError(f"{WORKERS_ENV}={raw!r} is not a number of processes") from None
     else:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        want = min(MAX_WORKERS, cpus - 1)
+        want = min(MAX_WORKERS, usable_cpus() - 1)
     return max(0, min(want, jobs))
 
 

@@ -14,9 +14,9 @@ SCRIPT = Path(__file__).with_name("cuda_ptx_check.py")
 def test_gpu_variants_compile_to_ptx():
     """The cases shared round robin by one process per CPU (at most 4): Numba compiles one kernel at a time, and
     this is the longest test of the suite (~200 s in one process on the 2-core CI machine)."""
+    from eetjit.codegen.workers import usable_cpus
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = max(1, min(4, cpus))
+    n = max(1, min(4, usable_cpus()))
     procs = [subprocess.Popen([sys.executable, str(SCRIPT), "--quick", f"--shard={i}/{n}"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(n)]
     try:
