@@ -128,9 +128,9 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
 # where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
 # other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
-# H200, GPT-2 small decode (session 10, two rounds each): B8 x 256 0.463 / 0.460 -> 0.452 / 0.453 ms/step with
-# gemv_mma's prologue, but B32 x 512 0.698 -> 0.999 (the NormLinear GEMMs 23 us each; likely the prologue's 549
-# float conversions per lane, benchmarks/gpu/NOTES.md, session 10), so past one tile of 8 rows the norm kernel runs
+# H200, GPT-2 small decode: session 10's prologue gave B8 x 256 0.463 -> 0.452 ms/step but B32 x 512 0.698 -> 0.999
+# (549 float conversions per lane at 32 rows); unpacking each word once (session 11, 134 of them) made B8
+# 0.449 -> 0.384, while B32 still lost (replay 0.687 -> 0.742), so past one tile of 8 rows the norm kernel runs
 # first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"

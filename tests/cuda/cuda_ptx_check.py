@@ -4,9 +4,14 @@ would not notice). Needs NVVM and NVRTC (pip: nvidia-nvvm, nvidia-cuda-nvrtc); e
 missing. Run as a script (it must import numba.cuda without the simulator):
     python tests/cuda/cuda_ptx_check.py [--quick] [--shard I/N]
 (--shard: only the cases whose index is I modulo N, so that N processes can share the work.)
+Where a `ptxas` is on the PATH, each PTX is also assembled for sm_90: NVVM passes inline assembly (the tensor-core
+and packed-half instructions) through unchecked, ptxas rejects a malformed one.
 """
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -166,6 +171,15 @@ def _plain_cases():
     yield "float32", "pad_info", dict(threads=64), ["int64[:, ::1]", "int64[:, ::1]"]
 
 
+def _assemble(ptxas: str, ptx: str, path: Path) -> None:
+    """ptxas on the PTX (its .version lowered to one every ptxas of CUDA 12.x reads); raises with its errors."""
+    path.write_text(re.sub(r"\.version \d+\.\d+", ".version 8.0", ptx, count=1))
+    out = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", str(path), "-o", os.devnull], capture_output=True,
+                         text=True)
+    if out.returncode:
+        raise RuntimeError(f"ptxas: {(out.stderr or out.stdout)[-1500:]}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
@@ -187,6 +201,7 @@ def main(argv=None) -> int:
     from eetjit.codegen.key import SpecKey, canonical, library_versions
     from eetjit.codegen.render import render, template_source
     failures, count = [], 0
+    ptxas = shutil.which("ptxas")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (dt, op, consts, args) in enumerate(cases(quick)):
             if i % parts != part:
@@ -200,13 +215,16 @@ def main(argv=None) -> int:
             mod = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(mod)
-                cuda.compile_ptx(mod.kernel.py_func, f"void({', '.join(args)})", cc=CC)
+                ptx, _ = cuda.compile_ptx(mod.kernel.py_func, f"void({', '.join(args)})", cc=CC)
+                if ptxas:
+                    _assemble(ptxas, ptx, Path(tmp) / f"{key.module_name}.ptx")
                 count += 1
             except Exception as e:
                 failures.append(f"{op} {dt} {consts}: {type(e).__name__}: {str(e)[:2000]}")
     for f in failures:
         print("FAILED", f)
-    print(f"{count} kernels compiled to PTX for sm_{CC[0]}{CC[1]}, {len(failures)} failed")
+    print(f"{count} kernels compiled to PTX for sm_{CC[0]}{CC[1]}{' and assembled' if ptxas else ''}, "
+          f"{len(failures)} failed")
     return 1 if failures else 0
 
 
