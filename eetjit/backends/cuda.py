@@ -58,9 +58,16 @@ ATTENTION_UNROLL = {"gpu": 4, "sim": 2}                  # adjacent columns per 
 # vectors in a row, at most 32); EETJIT_ATTENTION_VEC=0 keeps attention.py.j2 (for A/B measurements)
 ATTENTION_VEC_THREADS = {"gpu": 128, "sim": 8}
 ATTENTION_VEC_BLOCKS_PER_SM = {"gpu": 4, "sim": 4}      # its flash-decoding split (H100: 4 beat 8 and 16 at B32)
+# The next tile's key/value rows are loaded into a second set of registers before a tile's arithmetic (1), not after
+# it (0); a launch of at least one query row per SM takes ATTENTION_VEC_UNROLL_MANY columns per group and tile
+# (fewer registers, more resident blocks), fewer rows ATTENTION_UNROLL (more loads in flight per block). H200,
+# decode replay: B32 x 512 0.683 -> 0.641 ms (pipelined, 2 columns), B1 x 64 0.275 -> 0.228 (pipelined, 4).
+ATTENTION_VEC_PIPELINE = {"gpu": 1, "sim": 1}
+ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator: 1 SM, so every launch
 ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
-# A/B knob: "threads,unroll,blocks_per_sm" overrides ATTENTION_VEC_THREADS, ATTENTION_UNROLL and
-# ATTENTION_VEC_BLOCKS_PER_SM for the vector kernel (benchmarks/gpu/ab_decode.sh)
+# A/B knob: "threads,unroll,unroll_many,blocks_per_sm,pipeline" overrides ATTENTION_VEC_THREADS, ATTENTION_UNROLL,
+# ATTENTION_VEC_UNROLL_MANY, ATTENTION_VEC_BLOCKS_PER_SM and ATTENTION_VEC_PIPELINE for the vector kernel
+# (benchmarks/gpu/ab_decode.sh)
 ATTENTION_VEC_TUNE_ENV = "EETJIT_ATTENTION_VEC_TUNE"
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
@@ -68,7 +75,8 @@ ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
 # A launch of at least ATTENTION_DYNAMIC_SPLITS splits (the launch is sized by the cache capacity) runs only the
 # splits that hold live columns, and a row of at most ATTENTION_SINGLE_COLS of them in its first block alone: no
 # partials to publish, count and merge. H100, B1 decode attention (11 splits): 8.4 -> 5.3 us at 96 columns, 8.0 ->
-# 7.3 at 300; with 2 splits (B32 x 576) the same code cost 1.8 us of 28, so fewer splits keep the fixed scheme.
+# 7.3 at 300; with 2 splits (B32 x 576) the same code cost 1.8 us of 28, so fewer splits keep the fixed scheme,
+# where every split takes part and the kernel shares the row's live columns out evenly (not by the capacity).
 ATTENTION_SINGLE_COLS = {"gpu": 256, "sim": 4}
 ATTENTION_DYNAMIC_SPLITS = {"gpu": 4, "sim": 2}
 # many queries per (b, h) (a prompt, an encoder batch): the tiled kernel (attention_tiled.py.j2) from this many rows
@@ -224,7 +232,8 @@ class CudaBackend:
         self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
         self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
             threads=ATTENTION_VEC_THREADS[self.mode], unroll=ATTENTION_UNROLL[self.mode],
-            blocks_per_sm=ATTENTION_VEC_BLOCKS_PER_SM[self.mode]))
+            unroll_many=ATTENTION_VEC_UNROLL_MANY[self.mode], blocks_per_sm=ATTENTION_VEC_BLOCKS_PER_SM[self.mode],
+            pipeline=ATTENTION_VEC_PIPELINE[self.mode]))
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
@@ -831,14 +840,18 @@ class CudaBackend:
                 and all(self.dev.simulated or _ptr(c) % 16 == 0 for c in cache))
 
     def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False, vec=False,
-                           single_cols=0):
+                           single_cols=0, rows=1):
         """(kernel, threads) of the rows attention (attention_vec.py.j2 with vec); single_cols > 0: the kernel sizes
-        its splits by the row's live columns (attention_active_splits in _macros.j2)."""
+        its splits by the row's live columns (attention_active_splits in _macros.j2); rows: the launch's query
+        rows (B * S * H)."""
         if vec:
+            tune = self.attention_vec_tune
             lanes = min(32, 1 << (D // self.per_load - 1).bit_length())
-            groups = max(1, self.attention_vec_tune["threads"] // lanes)
+            groups = max(1, tune["threads"] // lanes)
+            unroll = tune["unroll_many"] if rows >= self.dev.sm_count else tune["unroll"]
             kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
-                               groups=groups, unroll=self.attention_vec_tune["unroll"], split=split,
+                               groups=groups, unroll=unroll, split=split,
+                               pipeline=bool(self.attention_vec_tune["pipeline"]),
                                fused_write=fused_write, single_cols=single_cols)
             return kern, lanes * groups
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
@@ -976,7 +989,7 @@ class CudaBackend:
                                               self.attention_vec_tune["blocks_per_sm"] if vec else None)
         dynamic = splits >= self.attention_dynamic_splits
         kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1, new_kv is not None,
-                                                vec, self.attention_single_cols if dynamic else 0)
+                                                vec, self.attention_single_cols if dynamic else 0, S * B * H)
         if splits > 1:
             part_ml = scratch.get("ml", (B, H, S, splits, 2), np.float32)
             part_acc = scratch.get("acc", (B, H, S, splits, D), np.float32)

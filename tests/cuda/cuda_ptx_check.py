@@ -31,7 +31,7 @@ def cases(quick=False):
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
-                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"))
+                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -128,10 +128,12 @@ def _plain_cases():
                 vec = 4 if dt == "float32" else 8
                 vl = min(32, 1 << (D // vec - 1).bit_length())
                 for fused_write in (False, True):
+                    # the decode step's: the next tile loaded into a second register set, 2 or 4 columns a group
+                    pipe = dict(pipeline=True, unroll=2 if split else 4) if fused_write else dict(unroll=4)
                     yield dt, "attention_vec", dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=vl,
-                                                    groups=max(1, 128 // vl), unroll=4, split=split,
+                                                    groups=max(1, 128 // vl), split=split,
                                                     single_cols=256 if fused_write else 0,
-                                                    fused_write=fused_write), \
+                                                    fused_write=fused_write, **pipe), \
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
             if dt != "float32" and D % 16 == 0 and D <= 128:

@@ -121,13 +121,17 @@ def test_cached_attention_decode(where, hh, D, B, T, frac, split, fused_write, d
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(pick((8, 16, 24, 40), (64, 80, 96, 128, 256))), B=st.integers(1, pick(2, 8)),
        T=st.sampled_from(pick((5, 12), (64, 640, 4096))), frac=st.floats(0, 1),
-       split=st.sampled_from(["auto", "force", "never"]), vec=st.booleans(), dtype=DTYPES, seed=seeds)
-def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, vec, dtype, seed):
+       split=st.sampled_from(["auto", "force", "never"]), vec=st.booleans(), pipeline=st.booleans(), dtype=DTYPES,
+       seed=seeds)
+def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, vec, pipeline, dtype, seed):
     """Head dims that are whole 16-byte vectors take attention_vec.py.j2 (16-byte loads of the cache; ragged
-    rows such as 24 or 80, where the vectors do not fill the lanes, included); EETJIT_ATTENTION_VEC=0 (vec
-    False) keeps attention.py.j2. Both give the reference's result."""
+    rows such as 24 or 80, where the vectors do not fill the lanes, included), its next tile's loads issued
+    before (pipeline) or after a tile's arithmetic; EETJIT_ATTENTION_VEC=0 (vec False) keeps attention.py.j2.
+    All give the reference's result."""
     backend = _backend(dtype, split, "auto")
     backend.attention_vec = vec
+    saved = backend.attention_vec_tune["pipeline"]
+    backend.attention_vec_tune["pipeline"] = int(pipeline)
     per_load = 4 if dtype == "float32" else 8
     try:
         used = _attention_kernels_used(
@@ -135,6 +139,25 @@ def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, v
         assert ("attention_vec" in used) == (vec and D % per_load == 0), used
     finally:
         backend.attention_vec = True
+        backend.attention_vec_tune["pipeline"] = saved
+
+
+@pytest.mark.parametrize("pipeline,unroll", [(False, 2), (True, 1), (True, 2)])
+@pytest.mark.parametrize("dtype,D", [("float16", pick(24, 80)), ("bfloat16", pick(16, 64)), ("float32", pick(16, 64))])
+def test_vector_loads_over_many_tiles(where, pipeline, unroll, dtype, D):
+    """One block per row (no split) over every column of the cache, no padding: the loop's loads of the next
+    tile (into the second register set with pipeline, after the arithmetic without) carry the row past its first
+    tile (ragged head dim first). unroll: columns per group and tile (rows >= SMs: the simulator has one)."""
+    backend = _backend(dtype, "never", "auto")
+    saved = dict(backend.attention_vec_tune)
+    backend.attention_vec_tune.update(pipeline=int(pipeline), unroll=unroll, unroll_many=unroll)
+    T = pick(12, 640)
+    try:
+        used = _attention_kernels_used(
+            backend, lambda: _check_cached(backend, dtype, (2, 1), D, 2, 1, T - 1, T, seed=5, max_start=0))
+        assert "attention_vec" in used, used
+    finally:
+        backend.attention_vec_tune.update(saved)
 
 
 @pytest.mark.parametrize("single_cols", [0, 4])
