@@ -72,21 +72,36 @@ def per_step(run, new, repeats, label=""):
     return 1e3 * (statistics.median(longs) - statistics.median(ones)) / (new - 1), out["tokens"]
 
 
-def host_loop_ms(step, backend, n=100):
+HEADROOM = 128
+
+
+def _restorer(step, dev):
+    """A function that puts back the step's inputs as they are now (the replays advance them on the device)."""
+    saved = [dev.to_host(a).copy() for a in (step.ids, step.positions, step.step)]
+
+    def restore():
+        for a, h in zip((step.ids, step.positions, step.step), saved):
+            dev.set(a, h)
+        dev.synchronize()
+    return restore
+
+
+def host_loop_ms(step, backend, n=HEADROOM):
     """ms per step of the generate loop's core (replay, tokens to the host) and of bare replays (host-timed)."""
     dev = backend.dev
-    saved = [dev.to_host(a).copy() for a in (step.ids, step.positions, step.step)]
-    dev.synchronize()
+    restore = _restorer(step, dev)
     t = time.perf_counter()
     for _ in range(n):
         step.run()
         backend.to_host(step.tokens)
     loop = (time.perf_counter() - t) / n * 1e3
+    restore()
     t = time.perf_counter()
     for _ in range(n):
         step.run()
     dev.synchronize()
     bare = (time.perf_counter() - t) / n * 1e3
+    restore()
     t = time.perf_counter()
     for _ in range(n):
         step.run()
@@ -98,8 +113,7 @@ def host_loop_ms(step, backend, n=100):
     d2h = (time.perf_counter() - t) / n * 1e3
     print(f"    host loop: replay+tokens {loop:.3f}, replay+sync {synced:.3f}, tokens alone {d2h:.3f}, "
           f"bare replays {bare:.3f} ms/step", flush=True)
-    for a, h in zip((step.ids, step.positions, step.step), saved):
-        dev.set(a, h)
+    restore()
     return loop, bare
 
 
@@ -124,7 +138,9 @@ def main(argv=None) -> int:
     print(f"card: {card}; device-to-device copy {bw / 1e12:.2f} TB/s", flush=True)
 
     t = time.perf_counter()
-    max_seq = max(ctx for _, ctx in configs) + args.new + 8
+    # + HEADROOM: room for the replay timings below, which advance the positions past the generated tokens (each
+    # restores them before it starts; HEADROOM bounds the replays of one)
+    max_seq = max(ctx for _, ctx in configs) + args.new + 8 + HEADROOM
     sess = eetjit.compile(str(args.model), device="cuda", dtype="float16", max_batch=max(b for b, _ in configs),
                           max_seq_len=max_seq, verbose=False)
     print(f"eetjit compile (load, fuse, upload): {time.perf_counter() - t:.1f} s; fusion {sess.fusion_report.counts}; "
@@ -222,19 +238,20 @@ def main(argv=None) -> int:
 
 
 def replay_ms(step, dev, n=50) -> float:
-    """Device time of one decode step replay (CUDA events around n replays; the inputs advance on the device)."""
+    """Device time of one decode step replay (CUDA events around n replays; the inputs advance on the device and
+    are put back after)."""
     import cupy
     if step.graph is None:
         return float("nan")
-    saved = [dev.to_host(a).copy() for a in (step.ids, step.positions, step.step)]
+    restore = _restorer(step, dev)
+    n = min(n, HEADROOM)
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     start.record(dev.stream)
     for _ in range(n):
         dev.replay(step.graph)
     end.record(dev.stream)
     end.synchronize()
-    for a, h in zip((step.ids, step.positions, step.step), saved):
-        dev.set(a, h)
+    restore()
     return cupy.cuda.get_elapsed_time(start, end) / n
 
 

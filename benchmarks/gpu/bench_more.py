@@ -97,8 +97,8 @@ def sec_decode(args, size: str) -> dict:
     _log(f"[{size}] exported {res['onnx_GB']:.2f} GB in {res['export_s']:.1f} s")
 
     t = time.perf_counter()
-    sess = eetjit.compile(str(path), device="cuda", dtype="float16", max_batch=B, max_seq_len=ctx + new + 8,
-                          verbose=False)
+    sess = eetjit.compile(str(path), device="cuda", dtype="float16", max_batch=B,
+                          max_seq_len=ctx + new + 8 + bd.HEADROOM, verbose=False)
     res["eetjit_compile_s"] = time.perf_counter() - t
     _log(f"[{size}] eetjit compile {res['eetjit_compile_s']:.1f} s")
     s = sess.structure
