@@ -24,9 +24,11 @@ come back a step), and everything when EETJIT_CUDA_GRAPHS=0 (debug: the same fix
 or under the CUDA simulator, which cannot capture. A pass whose capture fails (an op that needs the host) stays
 eager.
 
-The generator's loop is pipelined: step i + 1 is queued behind the asynchronous copy of token i to the host
-before the host waits for that copy (`Device.to_host_async`), so the device does not idle while the host reads
-tokens and yields them.
+The generator's loop is pipelined: the next decode steps are queued behind the asynchronous copy of the last
+tokens to the host before the host waits for that copy (`Device.to_host_async`), so the device does not idle while
+the host reads tokens and yields them. With EETJIT_DECODE_STEPS=n (default 1), greedy steps go n at a time once
+the step is captured (`DecodeStep.steps`: one graph of n steps, their tokens in the rows of one device array, one
+copy), which spares the gaps between graph launches and the per-step copy.
 """
 from __future__ import annotations
 
@@ -44,8 +46,24 @@ from eetjit.plan.generation import POSITIONS, START, STEP
 from eetjit.runtime.generate import Generator
 
 GRAPHS_ENV = "EETJIT_CUDA_GRAPHS"    # "0": never capture (launch the decode step op by op)
+# Greedy decode steps queued per graph launch (a graph of that many steps, each writing its tokens to a row of a
+# device array copied to the host once). H200, GPT-2 small B1 x 64 (an experiment on the same capture, replays of
+# 0.281 ms): the pipelined loop took 0.291 ms a step at 1, 0.283 at 4, 0.282 at 8; up to 2 x this many steps are
+# wasted after an eos ends every row. Default 1 (one step per launch) until the block path has run on a GPU:
+# the simulator checks its logic, tests/cuda/test_cuda_generate.py runs it on a GPU with EETJIT_DECODE_STEPS=4.
+DECODE_STEPS_ENV = "EETJIT_DECODE_STEPS"
+DECODE_STEPS = 1
 MAX_DECODE_STEPS = 4                 # batch sizes whose decode step (buffers + graph) a generator keeps
 MAX_PROMPT_PASSES = 4                # (batch, prompt length) shapes whose prompt pass a generator keeps
+
+
+def decode_steps() -> int:
+    """Greedy decode steps per graph launch (EETJIT_DECODE_STEPS, at least 1)."""
+    text = os.environ.get(DECODE_STEPS_ENV, "")
+    try:
+        return max(1, int(text)) if text else DECODE_STEPS
+    except ValueError:
+        raise ValueError(f"{DECODE_STEPS_ENV}={text!r} is not a whole number of steps") from None
 
 
 def graphs_enabled() -> bool:
@@ -199,6 +217,9 @@ class DecodeStep(CapturedPlan):
         self.start = backend.zeros((B,), np.int64)
         self.step = backend.zeros((1,), np.int64)
         self.tokens = backend.zeros((B,), np.int64)
+        self._tokens_out = self.tokens         # where the greedy tail writes (a row of a `steps` array there)
+        self._many: dict[int, tuple] = {}      # n -> (tokens [n, B], graph of n steps or None)
+        self._many_failed = False
         feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start, STEP: self.step, **caches}
         super().__init__(plan, backend, feeds, what="decode step")
 
@@ -210,7 +231,50 @@ class DecodeStep(CapturedPlan):
         return super().run()[0]
 
     def tail(self, outputs) -> None:
-        self.backend.greedy_tokens(outputs[0], self.tokens, self.ids, self.positions, self.step)
+        self.backend.greedy_tokens(outputs[0], self._tokens_out, self.ids, self.positions, self.step)
+
+    def can_run_many(self) -> bool:
+        """Whether `steps(n)` may queue several steps now: once the step is a graph, or when it never will be
+        (graphs off, the simulator, a failed capture). Before its capture, runs must stay one by one: the capture
+        records the tail's output buffer."""
+        if self._many_failed:
+            return False
+        return self.graph is not None or not (graphs_enabled() and not self.dev.simulated
+                                              and self.capture_failed is None)
+
+    def steps(self, n: int):
+        """n greedy decode steps queued at once; returns the device array [n, B] of their tokens (row j: step j's),
+        or None (nothing queued) where n steps could not be captured as one graph. On a captured step, one launch
+        of a graph of n steps (captured on first use); otherwise n eager runs."""
+        tokens, graph = self._many.get(n, (None, None))
+        if tokens is None:
+            tokens = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
+            if self.graph is not None:
+                def body():
+                    for j in range(n):
+                        self._tokens_out = tokens[j]
+                        self._execute(self.bufs)
+                try:
+                    graph = self._collecting(lambda: self.dev.capture(body))
+                except CaptureError as e:     # not expected once one step was captured
+                    self._many_failed = True
+                    warnings.warn(f"eetjit: {n} decode steps could not be captured as one CUDA graph ({e}); each "
+                                  "step runs as its own graph launch", RuntimeWarning, stacklevel=2)
+                    return None
+                finally:
+                    self._tokens_out = self.tokens
+            self._many[n] = (tokens, graph)
+        if graph is not None:
+            self.runs += n
+            self.dev.replay(graph)
+            return tokens
+        for j in range(n):
+            self._tokens_out = tokens[j]
+            try:
+                self.run()
+            finally:
+                self._tokens_out = self.tokens
+        return tokens
 
     def profile(self, repeats: int = 20) -> list[tuple[str, str, float]]:
         """CapturedPlan.profile with the step's inputs restored afterwards (the tail advances them)."""
@@ -373,23 +437,44 @@ class CudaGenerator(Generator):
                 sample_tokens(backend, logits, step.tokens, uniforms[i], temperature, top_k, top_p, ids_B1=step.ids)
             return dev.to_host_async(step.tokens)
 
-        # Pipelined: decode step i + 1 is queued behind token i's copy before the host waits for that copy, so
-        # the device never idles while the host reads tokens, checks eos and yields. A step is queued only where
-        # the loop without the pipeline would run it too; when eos ends every row, the one queued step is wasted.
-        pending = pick(logits, 0)
+        per_launch = 1 if do_sample else decode_steps()
+        queued = 1                      # tokens queued so far (token 0: the prompt pass's)
+
+        def queue_next():
+            """Queue the next decode steps (a block of `per_launch` greedy steps in one launch when that many are
+            left and the step allows it, else one) and the copy of their tokens to the host: (n, wait), wait()
+            giving the tokens [n, B] (or [B] for one); None when max_new_tokens are queued."""
+            nonlocal queued
+            left = max_new_tokens - queued
+            if left <= 0:
+                return None
+            if per_launch > 1 and left >= per_launch and step.can_run_many():
+                tokens = step.steps(per_launch)
+                if tokens is not None:
+                    queued += per_launch
+                    return per_launch, dev.to_host_async(tokens)
+            queued += 1
+            return 1, pick(step.run(), queued - 1)
+
+        # Pipelined: the next block of decode steps is queued behind the copy of this block's tokens before the
+        # host waits for that copy, so the device never idles while the host reads tokens, checks eos and yields.
+        # Steps are queued only up to max_new_tokens; when eos ends every row, the queued ones are wasted.
+        pending = (1, pick(logits, 0))
         finished = np.zeros(B, bool)
         produced = 0
         ahead = None
         try:
             while True:
-                ahead = pick(step.run(), produced + 1) if produced + 1 < max_new_tokens else None
-                yield self._report(pending(), finished, eos)
-                produced += 1
-                if produced >= max_new_tokens or finished.all():
-                    return
+                ahead = queue_next()
+                n, wait = pending
+                for tokens in np.asarray(wait()).reshape(n, B):
+                    yield self._report(tokens, finished, eos)
+                    produced += 1
+                    if produced >= max_new_tokens or finished.all():
+                        return
                 pending = ahead
         finally:
             # a copy still queued (eos, or the caller stopped reading) must land before its pinned block can go
             # back to CuPy's pool and be handed out again
             if ahead is not None:      # waiting twice for a copy is harmless
-                ahead()
+                ahead[1]()

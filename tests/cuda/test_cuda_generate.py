@@ -14,6 +14,7 @@ from cuda_helpers import SIMULATED
 
 import eetjit
 from eetjit.resources import graphs_dir
+from eetjit.runtime.cuda_graph import DecodeStep
 
 FIXTURES = {"gpt2": "gpt2-ts17-eager", "llama": "llama-dyn18-sdpa"}
 PROMPTS = [[5, 17, 33, 2, 9], [40, 41], [7, 8, 9, 10, 11, 12, 13], [60]]
@@ -78,9 +79,10 @@ def _hf_generate(model, prompts, n):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_gpu_greedy_tokens_match_hugging_face_and_the_cpu(family):
+def test_gpu_greedy_tokens_match_hugging_face_and_the_cpu(family, monkeypatch):
     if SIMULATED:
         pytest.skip("needs a GPU")
+    monkeypatch.setenv("EETJIT_DECODE_STEPS", "4")      # greedy steps in blocks of 4 once the step is a graph
     n = 20
     want = _hf_generate(_hf_model(family), PROMPTS, n)
     sess = _session(family, "cuda")
@@ -88,6 +90,7 @@ def test_gpu_greedy_tokens_match_hugging_face_and_the_cpu(family):
     assert _session(family, "cpu").generate(PROMPTS, max_new_tokens=n) == want
     step = sess._generator.steps[len(PROMPTS)]
     assert step.graph is not None and step.capture_failed is None     # the decode step is one CUDA graph
+    assert any(graph is not None for _, graph in step._many.values())  # greedy steps went in blocks of one graph
     assert sess.backend.host_roundtrips == 0
     # a second call replays the same graph (same batch size), a smaller batch gets its own
     assert sess.generate(PROMPTS, max_new_tokens=n) == want
@@ -284,3 +287,29 @@ def test_sim_stream_closed_early_waits_for_its_queued_copy(monkeypatch):
     assert len(first) == 1 and len(queued) == 2 and len(waited) == 1     # token 0 read, token 1's copy queued
     it.close()
     assert len(waited) == 2 and len(queued) == 2
+
+
+def test_sim_decode_steps_in_blocks(monkeypatch):
+    """Greedy steps queued 3 at a time (DecodeStep.steps: eager in the simulator, one graph on a GPU) give the CPU
+    session's tokens, with a count of new tokens that is not a whole number of blocks, and eos ending a row inside
+    a block while the other row goes on."""
+    if not SIMULATED:
+        pytest.skip("simulator run")
+    monkeypatch.setenv("EETJIT_DECODE_STEPS", "3")
+    cpu, sess = _session("gpt2", "cpu"), _session("gpt2", "cuda")
+    prompts = PROMPTS[:2]
+    want = cpu.generate(prompts, max_new_tokens=5)
+    queued = []
+    many = DecodeStep.steps
+
+    def counted(self, n):
+        queued.append(n)
+        return many(self, n)
+    monkeypatch.setattr(DecodeStep, "steps", counted)
+    assert sess.generate(prompts, max_new_tokens=5) == want
+    # tokens 1..4 from decode steps: a block of 3 while 3 are left, then one single step
+    assert queued == [3]
+    eos = want[0][len(prompts[0]) + 2]
+    assert eos not in want[1][len(prompts[1]):len(prompts[1]) + 3]
+    assert sess.generate(prompts, max_new_tokens=5, eos_token_id=eos) == \
+        cpu.generate(prompts, max_new_tokens=5, eos_token_id=eos)
