@@ -27,8 +27,9 @@ def prompts(vocab=97, lengths=LENGTHS, seed=0):
     return [rng.integers(3, vocab, n).tolist() for n in lengths]
 
 
-def hf_greedy(model, batch, new, eos):
-    """HF generate on a left-padded batch; returns each row's prompt + new tokens, cut after eos."""
+def hf_greedy(model, batch, new, eos, margins=False):
+    """HF generate on a left-padded batch; returns each row's prompt + new tokens, cut after eos. margins: also
+    HF's gap between its two largest logits at each new token, [steps, rows]."""
     import torch
     P = max(len(p) for p in batch)
     ids = torch.zeros((len(batch), P), dtype=torch.long)
@@ -38,14 +39,36 @@ def hf_greedy(model, batch, new, eos):
         mask[b, P - len(p):] = 1
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                             pad_token_id=0, eos_token_id=eos, min_new_tokens=0)
+                             pad_token_id=0, eos_token_id=eos, min_new_tokens=0, output_scores=margins,
+                             return_dict_in_generate=margins)
+    tokens = out.sequences if margins else out
     seqs = []
     for b, p in enumerate(batch):
-        new_tokens = out[b, P:].tolist()
+        new_tokens = tokens[b, P:].tolist()
         if eos is not None and eos in new_tokens:
             new_tokens = new_tokens[: new_tokens.index(eos) + 1]
         seqs.append(list(p) + new_tokens)
-    return seqs
+    if not margins:
+        return seqs
+    top = torch.stack(out.scores).float().topk(2, dim=-1).values
+    return seqs, (top[..., 0] - top[..., 1]).numpy()
+
+
+def assert_greedy_equal(got, want, margins, batch, tie):
+    """got == want token for token, except that a row may part from HF's at a new token where HF's two largest
+    logits are less than `tie` apart (a tie that rounding decides: 5e-7 apart in one case, where the median gap
+    is ~0.9); past that token the row is not compared."""
+    assert len(got) == len(want)
+    for b, p in enumerate(batch):
+        assert got[b][:len(p)] == list(p)
+        g, w = got[b][len(p):], want[b][len(p):]
+        for i, (x, y) in enumerate(zip(g, w)):
+            if x != y:
+                assert margins[i, b] < tie, (f"row {b} parts from HF at new token {i} ({x} against {y}), where HF's "
+                                             f"two largest logits are {margins[i, b]:.3g} apart (>= {tie})")
+                break
+        else:
+            assert len(g) == len(w), f"row {b}: {len(g)} new tokens against HF's {len(w)}"
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +89,9 @@ def test_greedy_matches_hugging_face(name, sessions):
     family, _, attn = name.split("-")
     model = export_module().build_model(family, "tiny", 0, attn)
     batch = prompts()
-    want = hf_greedy(model, batch, NEW, EOS)
+    want, margins = hf_greedy(model, batch, NEW, EOS, margins=True)
     got = sessions(name).generate(batch, max_new_tokens=NEW, eos_token_id=EOS)
-    assert got == want
+    assert_greedy_equal(got, want, margins, batch, tie=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -76,14 +99,16 @@ def test_greedy_matches_hugging_face(name, sessions):
 def test_16bit_weights_greedy_matches_hugging_face_on_the_rounded_weights(name, dtype, sessions):
     """A float16/bfloat16 CPU session stores its GEMM weights in 16 bits (float16: linear_rows for decode steps,
     BLAS on the same rounded values for the prompt; bfloat16: the GEMM inputs are bfloat16 too, linear_bf16):
-    its greedy tokens are HF's on a float32 model whose GEMMs were rounded the same way."""
+    its greedy tokens are HF's on a float32 model whose GEMMs were rounded the same way, up to a tie (the 16-bit
+    activations round differently from HF's float32 ones: 0.02, against logits of magnitude ~14)."""
     pytest.importorskip("torch")
     family, _, attn = name.split("-")
     mod = export_module()
     model = mod.round_gemm_weights(mod.build_model(family, "tiny", 0, attn), dtype)
     batch = prompts()
-    want = hf_greedy(model, batch, NEW, EOS)
-    assert sessions(name, dtype=dtype).generate(batch, max_new_tokens=NEW, eos_token_id=EOS) == want
+    want, margins = hf_greedy(model, batch, NEW, EOS, margins=True)
+    got = sessions(name, dtype=dtype).generate(batch, max_new_tokens=NEW, eos_token_id=EOS)
+    assert_greedy_equal(got, want, margins, batch, tie=2e-2)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
