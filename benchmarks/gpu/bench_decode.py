@@ -139,7 +139,7 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     # + HEADROOM: room for the replay timings below, which advance the positions past the generated tokens (each
-    # restores them before it starts; HEADROOM bounds the replays of one)
+    # puts them back when it ends; HEADROOM bounds the replays of one)
     max_seq = max(ctx for _, ctx in configs) + args.new + 8 + HEADROOM
     sess = eetjit.compile(str(args.model), device="cuda", dtype="float16", max_batch=max(b for b, _ in configs),
                           max_seq_len=max_seq, verbose=False)

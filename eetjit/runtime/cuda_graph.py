@@ -111,7 +111,8 @@ class CapturedPlan:
     def tail(self, outputs) -> None:
         """Work after the ops, captured with them (nothing by default)."""
 
-    def run(self) -> list:
+    def run(self, capture: bool = True) -> list:
+        """One run (see the class); capture=False: never capture in this run."""
         self.runs += 1
         if self.graph is not None:
             self.dev.replay(self.graph)
@@ -126,7 +127,7 @@ class CapturedPlan:
         # This run is eager on the fixed buffers (which also brings back any op scratch evicted since, e.g. by
         # passes of other shapes); then, once, the same launches are captured.
         self._collecting(lambda: self._execute(self.bufs))
-        if graphs_enabled() and not self.dev.simulated and self.capture_failed is None:
+        if capture and self.will_capture():
             outputs, env = self.outputs, self.env
             try:
                 self.graph = self._collecting(lambda: self.dev.capture(lambda: self._execute(self.bufs)))
@@ -135,7 +136,16 @@ class CapturedPlan:
                 self.outputs, self.env = outputs, env
                 warnings.warn(f"eetjit: the {self.what} could not be captured as a CUDA graph ({e}); it runs "
                               "op by op", RuntimeWarning, stacklevel=2)
+            else:
+                self.captured()
         return self.outputs
+
+    def will_capture(self) -> bool:
+        """Whether a run on the fixed buffers captures (or has captured) this plan as a graph."""
+        return graphs_enabled() and not self.dev.simulated and self.capture_failed is None
+
+    def captured(self) -> None:
+        """Called right after the capture, while every op's scratch is the one the eager run just used."""
 
     def profile(self, repeats: int = 20) -> list[tuple[str, str, float]]:
         """(op type, node name, device ms) for every kernel op and the tail, measured by capturing each alone as
@@ -218,8 +228,8 @@ class DecodeStep(CapturedPlan):
         self.step = backend.zeros((1,), np.int64)
         self.tokens = backend.zeros((B,), np.int64)
         self._tokens_out = self.tokens         # where the greedy tail writes (a row of a `steps` array there)
-        self._many: dict[int, tuple] = {}      # n -> (tokens [n, B], graph of n steps or None)
-        self._many_failed = False
+        self._many: dict[int, tuple] = {}      # n -> (tokens [n, B], graph of n steps), captured with the step
+        self._eager_tokens: dict[int, object] = {}     # n -> tokens [n, B] of n eager steps (no graphs)
         feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start, STEP: self.step, **caches}
         super().__init__(plan, backend, feeds, what="decode step")
 
@@ -233,45 +243,52 @@ class DecodeStep(CapturedPlan):
     def tail(self, outputs) -> None:
         self.backend.greedy_tokens(outputs[0], self._tokens_out, self.ids, self.positions, self.step)
 
-    def can_run_many(self) -> bool:
-        """Whether `steps(n)` may queue several steps now: once the step is a graph, or when it never will be
-        (graphs off, the simulator, a failed capture). Before its capture, runs must stay one by one: the capture
-        records the tail's output buffer."""
-        if self._many_failed:
-            return False
-        return self.graph is not None or not (graphs_enabled() and not self.dev.simulated
-                                              and self.capture_failed is None)
+    def captured(self) -> None:
+        """With EETJIT_DECODE_STEPS = n > 1, also capture n steps as one graph, each step's greedy tail writing its
+        tokens to a row of one [n, B] array (now, while the ops' scratch is the eager run's: a later capture could
+        meet scratch evicted by other shapes)."""
+        n = decode_steps()
+        if n < 2:
+            return
+        tokens = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
+
+        def body():
+            for j in range(n):
+                self._tokens_out = tokens[j]
+                self._execute(self.bufs)
+        try:
+            graph = self._collecting(lambda: self.dev.capture(body))
+        except CaptureError as e:
+            warnings.warn(f"eetjit: {n} decode steps could not be captured as one CUDA graph ({e}); each step "
+                          "runs as its own graph launch", RuntimeWarning, stacklevel=2)
+            return
+        finally:
+            self._tokens_out = self.tokens
+        self._many[n] = (tokens, graph)
+
+    def can_run_many(self, n: int) -> bool:
+        """Whether `steps(n)` may queue n steps now: once the step is a graph, where its n-step graph was captured
+        with it; before, only where it never will be a graph (graphs off, the simulator, a failed capture): the
+        capture records the tail's output buffer, so runs before it stay one by one."""
+        if self.graph is not None:
+            return n in self._many
+        return not self.will_capture()
 
     def steps(self, n: int):
-        """n greedy decode steps queued at once; returns the device array [n, B] of their tokens (row j: step j's),
-        or None (nothing queued) where n steps could not be captured as one graph. On a captured step, one launch
-        of a graph of n steps (captured on first use); otherwise n eager runs."""
-        tokens, graph = self._many.get(n, (None, None))
-        if tokens is None:
-            tokens = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
-            if self.graph is not None:
-                def body():
-                    for j in range(n):
-                        self._tokens_out = tokens[j]
-                        self._execute(self.bufs)
-                try:
-                    graph = self._collecting(lambda: self.dev.capture(body))
-                except CaptureError as e:     # not expected once one step was captured
-                    self._many_failed = True
-                    warnings.warn(f"eetjit: {n} decode steps could not be captured as one CUDA graph ({e}); each "
-                                  "step runs as its own graph launch", RuntimeWarning, stacklevel=2)
-                    return None
-                finally:
-                    self._tokens_out = self.tokens
-            self._many[n] = (tokens, graph)
-        if graph is not None:
+        """n greedy decode steps queued at once (can_run_many(n) first); returns the device array [n, B] of their
+        tokens (row j: step j's): one launch of the n-step graph, or n eager runs where there are no graphs."""
+        if self.graph is not None:
+            tokens, graph = self._many[n]
             self.runs += n
             self.dev.replay(graph)
             return tokens
+        tokens = self._eager_tokens.get(n)
+        if tokens is None:
+            tokens = self._eager_tokens[n] = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
         for j in range(n):
             self._tokens_out = tokens[j]
             try:
-                self.run()
+                CapturedPlan.run(self, capture=False)
             finally:
                 self._tokens_out = self.tokens
         return tokens
@@ -448,11 +465,9 @@ class CudaGenerator(Generator):
             left = max_new_tokens - queued
             if left <= 0:
                 return None
-            if per_launch > 1 and left >= per_launch and step.can_run_many():
-                tokens = step.steps(per_launch)
-                if tokens is not None:
-                    queued += per_launch
-                    return per_launch, dev.to_host_async(tokens)
+            if per_launch > 1 and left >= per_launch and step.can_run_many(per_launch):
+                queued += per_launch
+                return per_launch, dev.to_host_async(step.steps(per_launch))
             queued += 1
             return 1, pick(step.run(), queued - 1)
 

@@ -142,22 +142,28 @@ def test_cached_attention_decode_vector_loads(where, hh, D, B, T, frac, split, v
         backend.attention_vec_tune["pipeline"] = saved
 
 
-@pytest.mark.parametrize("pipeline,unroll", [(False, 2), (True, 1), (True, 2)])
+@pytest.mark.parametrize("pipeline,unroll,split", [(False, 2, "never"), (True, 1, "never"), (True, 2, "never"),
+                                                  (True, 2, "two")])
 @pytest.mark.parametrize("dtype,D", [("float16", pick(24, 80)), ("bfloat16", pick(16, 64)), ("float32", pick(16, 64))])
-def test_vector_loads_over_many_tiles(where, pipeline, unroll, dtype, D):
-    """One block per row (no split) over every column of the cache, no padding: the loop's loads of the next
-    tile (into the second register set with pipeline, after the arithmetic without) carry the row past its first
-    tile (ragged head dim first). unroll: columns per group and tile (rows >= SMs: the simulator has one)."""
+def test_vector_loads_over_many_tiles(where, pipeline, unroll, split, dtype, D):
+    """Rows over every column of the cache, no padding, in one block each ("never") or shared evenly by two
+    blocks of the fixed split scheme ("two"), each block's columns more than a tile: the loop's loads of the next
+    tile (into the second register set with pipeline, after the arithmetic without) carry it past its first tile
+    (ragged head dim first). unroll: columns per group and tile (rows >= SMs: the simulator has one)."""
     backend = _backend(dtype, "never", "auto")
-    saved = dict(backend.attention_vec_tune)
+    saved = dict(backend.attention_vec_tune), backend.attention_dynamic_splits
     backend.attention_vec_tune.update(pipeline=int(pipeline), unroll=unroll, unroll_many=unroll)
-    T = pick(12, 640)
+    T = pick(24, 640)
+    if split == "two":      # 2 splits (capped by the smallest chunk), under the dynamic scheme's threshold
+        backend.attention_vec_tune["blocks_per_sm"] = 10 ** 6
+        backend.attention_min_chunk, backend.attention_dynamic_splits = T // 2, 3
     try:
         used = _attention_kernels_used(
             backend, lambda: _check_cached(backend, dtype, (2, 1), D, 2, 1, T - 1, T, seed=5, max_start=0))
         assert "attention_vec" in used, used
     finally:
-        backend.attention_vec_tune.update(saved)
+        backend.attention_vec_tune.update(saved[0])
+        backend.attention_dynamic_splits = saved[1]
 
 
 @pytest.mark.parametrize("single_cols", [0, 4])
