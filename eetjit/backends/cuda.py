@@ -63,7 +63,7 @@ ATTENTION_VEC_BLOCKS_PER_SM = {"gpu": 4, "sim": 4}      # its flash-decoding spl
 # (fewer registers, more resident blocks), fewer rows ATTENTION_UNROLL (more loads in flight per block). H200,
 # decode replay: B32 x 512 0.683 -> 0.641 ms (pipelined, 2 columns), B1 x 64 0.275 -> 0.228 (pipelined, 4).
 ATTENTION_VEC_PIPELINE = {"gpu": 1, "sim": 1}
-ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator: 1 SM, so every launch
+ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator has 1 SM: every launch takes this
 ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
 # A/B knob: "threads,unroll,unroll_many,blocks_per_sm,pipeline" overrides ATTENTION_VEC_THREADS, ATTENTION_UNROLL,
 # ATTENTION_VEC_UNROLL_MANY, ATTENTION_VEC_BLOCKS_PER_SM and ATTENTION_VEC_PIPELINE for the vector kernel
@@ -851,7 +851,7 @@ class CudaBackend:
             unroll = tune["unroll_many"] if rows >= self.dev.sm_count else tune["unroll"]
             kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
                                groups=groups, unroll=unroll, split=split,
-                               pipeline=bool(self.attention_vec_tune["pipeline"]),
+                               pipeline=bool(tune["pipeline"]),
                                fused_write=fused_write, single_cols=single_cols)
             return kern, lanes * groups
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
