@@ -228,8 +228,8 @@ class DecodeStep(CapturedPlan):
         self.step = backend.zeros((1,), np.int64)
         self.tokens = backend.zeros((B,), np.int64)
         self._tokens_out = self.tokens         # where the greedy tail writes (a row of a `steps` array there)
-        self._many: dict[int, tuple] = {}      # n -> (tokens [n, B], graph of n steps), captured with the step
-        self._eager_tokens: dict[int, object] = {}     # n -> tokens [n, B] of n eager steps (no graphs)
+        # n -> (tokens [n, B], the graph of n steps captured with the step, or None: n eager runs, no graphs)
+        self._blocks: dict[int, tuple] = {}
         feeds = {input_ids: self.ids, POSITIONS: self.positions, START: self.start, STEP: self.step, **caches}
         super().__init__(plan, backend, feeds, what="decode step")
 
@@ -264,27 +264,27 @@ class DecodeStep(CapturedPlan):
             return
         finally:
             self._tokens_out = self.tokens
-        self._many[n] = (tokens, graph)
+        self._blocks[n] = (tokens, graph)
 
     def can_run_many(self, n: int) -> bool:
         """Whether `steps(n)` may queue n steps now: once the step is a graph, where its n-step graph was captured
         with it; before, only where it never will be a graph (graphs off, the simulator, a failed capture): the
         capture records the tail's output buffer, so runs before it stay one by one."""
         if self.graph is not None:
-            return n in self._many
+            return self._blocks.get(n, (None, None))[1] is not None
         return not self.will_capture()
 
     def steps(self, n: int):
         """n greedy decode steps queued at once (can_run_many(n) first); returns the device array [n, B] of their
         tokens (row j: step j's): one launch of the n-step graph, or n eager runs where there are no graphs."""
-        if self.graph is not None:
-            tokens, graph = self._many[n]
+        tokens, graph = self._blocks.get(n, (None, None))
+        if graph is not None:
             self.runs += n
             self.dev.replay(graph)
             return tokens
-        tokens = self._eager_tokens.get(n)
         if tokens is None:
-            tokens = self._eager_tokens[n] = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
+            tokens = self.backend.zeros((n, self.tokens.shape[0]), np.int64)
+            self._blocks[n] = (tokens, None)
         for j in range(n):
             self._tokens_out = tokens[j]
             try:

@@ -90,7 +90,7 @@ def test_gpu_greedy_tokens_match_hugging_face_and_the_cpu(family, monkeypatch):
     assert _session(family, "cpu").generate(PROMPTS, max_new_tokens=n) == want
     step = sess._generator.steps[len(PROMPTS)]
     assert step.graph is not None and step.capture_failed is None     # the decode step is one CUDA graph
-    assert any(graph is not None for _, graph in step._many.values())  # greedy steps went in blocks of one graph
+    assert any(graph is not None for _, graph in step._blocks.values())    # greedy steps in blocks of one graph
     assert sess.backend.host_roundtrips == 0
     # a second call replays the same graph (same batch size), a smaller batch gets its own
     assert sess.generate(PROMPTS, max_new_tokens=n) == want
