@@ -26,7 +26,7 @@ eager.
 
 The generator's loop is pipelined: the next decode steps are queued behind the asynchronous copy of the last
 tokens to the host before the host waits for that copy (`Device.to_host_async`), so the device does not idle while
-the host reads tokens and yields them. With EETJIT_DECODE_STEPS=n (default 1), greedy steps go n at a time once
+the host reads tokens and yields them. With EETJIT_DECODE_STEPS=n (default 4), greedy steps go n at a time once
 the step is captured (`DecodeStep.steps`: one graph of n steps, their tokens in the rows of one device array, one
 copy), which spares the gaps between graph launches and the per-step copy.
 """
@@ -49,10 +49,10 @@ GRAPHS_ENV = "EETJIT_CUDA_GRAPHS"    # "0": never capture (launch the decode ste
 # Greedy decode steps queued per graph launch (a graph of that many steps, each writing its tokens to a row of a
 # device array copied to the host once). H200, GPT-2 small B1 x 64 (an experiment on the same capture, replays of
 # 0.281 ms): the pipelined loop took 0.291 ms a step at 1, 0.283 at 4, 0.282 at 8; up to 2 x this many steps are
-# wasted after an eos ends every row. Default 1 (one step per launch) until the block path has run on a GPU:
-# the simulator checks its logic, tests/cuda/test_cuda_generate.py runs it on a GPU with EETJIT_DECODE_STEPS=4.
+# wasted after an eos ends every row. Session 12, the built path (graph replay 0.228 ms): 0.244 -> 0.232 ms a
+# step at 4; tests/cuda/test_cuda_generate.py checks its tokens on a GPU. EETJIT_DECODE_STEPS=1: a launch a step.
 DECODE_STEPS_ENV = "EETJIT_DECODE_STEPS"
-DECODE_STEPS = 1
+DECODE_STEPS = 4
 MAX_DECODE_STEPS = 4                 # batch sizes whose decode step (buffers + graph) a generator keeps
 MAX_PROMPT_PASSES = 4                # (batch, prompt length) shapes whose prompt pass a generator keeps
 
