@@ -34,7 +34,7 @@ from eetjit.backends.cpu import ACTIVATIONS, PreparedOp, _batch_rows, _check_ran
 from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, storage_dtype, stream_context
 from eetjit.backends.cuda_gemm import BatchedGemm, Gemm
 from eetjit.errors import InputError
-from eetjit.ir import Graph, Node
+from eetjit.ir import Graph, Node, Value
 
 # --- launch configurations (data; the simulator runs each thread as a Python thread: keep blocks tiny there) ---
 # threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
@@ -142,6 +142,15 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 # first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
+# float16/bfloat16 NormLinear with constant gamma, beta, W and bias, where gemv_mma can run: gamma folded into the
+# weight (W' = diag(gamma) W, stored rounded; b' = beta W + b), so every path normalizes without the affine step
+# (the norm kernel with gamma = 1, the GEMVs' prologues alike: no gamma or beta loads) and gemv_mma's prologue
+# multiplies the raw rows and applies the norm per output: rstd (x W' - mean colsum(W')) + b'. Its row statistics
+# come from extra mma's over the same words, so nothing waits for them before the GEMM. Same weight memory.
+# H200, GPT-2 small decode replay (session 12): B1 x 64 0.229 -> 0.216 ms (gemv_nk's prologue loads no beta),
+# B8 x 256 0.331 -> 0.316; at 32 rows the folded prologue still lost to the norm kernel first (0.640 -> 0.658), so
+# GEMV_MMA_NORM_MAX_M bounds it too. EETJIT_NORM_FOLD=0 keeps gamma in the norm (A/B measurements).
+NORM_FOLD_ENV = "EETJIT_NORM_FOLD"
 GEMV_MMA_NORM_MAX_M = {"gpu": 8, "sim": 8}
 GEMV_MMA_NORM_ENV = "EETJIT_GEMV_MMA_NORM_MAX_M"
 # Past gemv_max_m, up to GEMV_MMA_MAX_M rows (the decode step of a small batch), float16/bfloat16 GEMMs with K a
@@ -238,6 +247,7 @@ class CudaBackend:
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
+        self.norm_fold = _env_flag(NORM_FOLD_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
         self.gemv_mma_norm_max_m = int(os.environ.get(GEMV_MMA_NORM_ENV, GEMV_MMA_NORM_MAX_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
@@ -396,14 +406,22 @@ class CudaBackend:
         eps = float(node.attrs.get("epsilon", 1e-5 if kind == "layer" else 1e-6))
         norm_op = ("Add" if add else "") + ("LayerNorm" if kind == "layer" else "RMSNorm")
         n_out = len(node.attrs.get("split") or []) or 1
+        folded = self._fold_norm(node, kind, gamma, beta, W, bias)
+        if folded is not None:
+            gamma, beta, W, bias, colsum = folded
         norm_ins = [a] + ([b] if add else []) + [gamma] + ([beta] if kind == "layer" else [])
         norm_node = Node(norm_op, norm_ins, [], {"epsilon": eps}, "eet", f"{node.name}/norm")
         lin_attrs = {k: node.attrs[k] for k in ("activation", "split") if k in node.attrs}
         lin_node = Node("Linear", [a, W, bias], list(node.outputs[:n_out]), lin_attrs, "eet", f"{node.name}/linear")
         run_norm = getattr(self, f"_prepare_{norm_op}")(norm_node)
         run_linear = self._prepare_Linear(lin_node)
-        gamma_of = self._operand(node, 2, np.float32)
-        beta_of = self._operand(node, 3, np.float32)
+        if folded is None:
+            gamma_of, beta_of = self._operand(node, 2, np.float32), self._operand(node, 3, np.float32)
+            colsum_dev = None
+        else:
+            ones = self._upload_const(gamma.const, np.float32)
+            gamma_of, beta_of = (lambda inputs: ones), (lambda inputs: None)
+            colsum_dev = self._upload_const(colsum, np.float32) if kind == "layer" else self._dummy1()
         has_beta = kind == "layer" and beta is not None
 
         def run(inputs, out):
@@ -414,11 +432,40 @@ class CudaBackend:
             s = self._output(out, n_out, shape) if add else None
             norm_inputs = [x] + ([bx] if add else []) + [g] + ([bt] if kind == "layer" else [])
             pro = _NormPrologue(self, kind, add, eps, has_beta, x, bx, g, bt if has_beta else None, s, shape,
-                                lambda y: run_norm(norm_inputs, [y, s] if add else [y]))
+                                lambda y: run_norm(norm_inputs, [y, s] if add else [y]), colsum_dev)
             ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
                             None if out is None else list(out[:n_out]), pro)
             return list(ys) + ([s] if add else [])
         return run
+
+    def _fold_norm(self, node, kind, gamma, beta, W, bias):
+        """(gamma, beta, W, bias, colsum) of a NormLinear with gamma folded into its weight (NORM_FOLD_ENV): gamma
+        = 1, no beta, W' = diag(gamma) W rounded to the storage type, b' = beta W + b, colsum = W' summed over k
+        (float32, from the rounded values); None where it does not apply (float32, no gemv_mma, an operand fed at
+        run time, shapes that do not match)."""
+        if not (self.norm_fold and self.dtype != np.float32 and self.gemv_mma_max_m > 0 and self.dev.mma_sync):
+            return None
+        if any(v is not None and not v.is_const for v in (gamma, beta, W, bias)) or gamma is None or W is None:
+            return None
+        Wh = np.asarray(W.const, np.float32)
+        if Wh.ndim != 2 or np.size(gamma.const) != Wh.shape[0]:
+            return None
+        K, N = Wh.shape
+        g = np.asarray(gamma.const, np.float64).reshape(K)
+        has_beta = kind == "layer" and beta is not None
+        if (has_beta and np.size(beta.const) != K) or (bias is not None and np.size(bias.const) != N):
+            return None
+        Wf = (Wh * g[:, None]).astype(self.dtype).astype(np.float32)
+        b = np.zeros(N) if bias is None else np.asarray(bias.const, np.float64).reshape(N)
+        if has_beta:
+            b = b + np.asarray(beta.const, np.float64).reshape(K) @ Wh.astype(np.float64)
+        colsum = Wf.sum(axis=0, dtype=np.float64).astype(np.float32)
+
+        def const(name, arr):
+            return Value(f"{node.name}/{name}", arr.dtype, arr.shape, const=arr)
+        has_bias = bias is not None or has_beta
+        return (const("ones", np.ones(K, np.float32)), None, const("W_folded", Wf),
+                const("b_folded", b.astype(np.float32)) if has_bias else None, colsum)
 
     # --- GEMM + epilogue ----------------------------------------------------------------------------------------
     def _prepare_Linear(self, node):
@@ -597,10 +644,11 @@ class CudaBackend:
         strip = 8 * vw
         ksplit, warps = self._mma_ksplit(K)
         mtiles = -(-M // 8)
-        stats = 0 if prologue is None else 2 * 8 * mtiles * warps * 4      # the prologue's per-warp row sums
+        # the prologue's per-warp row sums (and, folded, each row's mean and 1 / std)
+        stats = 0 if prologue is None else (2 * 8 * mtiles * warps + 2 * 8 * mtiles) * 4
         slots = max(1, min(warps, (GEMV_MMA_SMEM - stats) // _mma_slot_bytes(M, vw)))
         tiles = -(-N // strip)
-        extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K)
+        extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, mma=True)
         # one kernel per 8 rows of x (tiles of mma's n), M read from x: batches of 1-8 rows share theirs
         kern = self.kernel("gemv_mma", mtiles=mtiles, k=K, n=N, ksplit=ksplit, activation=act,
                            has_bias=has_bias, vw=vw, warps=warps, steps=steps, slots=slots, **extra)
@@ -1226,9 +1274,12 @@ class _NormPrologue:
     gemv_nk's or gemv_mma's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel
     instead, into a row block shared by every NormLinear (they run one after another), and returns it."""
 
-    def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm):
+    def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm, colsum=None):
         self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
         self.b, self.gamma, self.beta, self.sum, self.shape, self.run_norm = b, gamma, beta, sum_, shape, run_norm
+        # gamma folded into the GEMM's weight (CudaBackend._fold_norm): gemv_mma takes the norm at any row count,
+        # with the column sums of W' (LayerNorm; a dummy for RMSNorm)
+        self.colsum = colsum
         # the GEMM's rows: a broadcast up to the sum's shape (b may have more rows than a)
         self.a = a if tuple(a.shape) == shape else backend._contiguous(backend.dev.xp.broadcast_to(a, shape))
 
@@ -1245,11 +1296,14 @@ class _NormPrologue:
             return False
         return simulated or all(_ptr(x) % 16 == 0 for x in arrays)
 
-    def gemv_args(self, M, K):
+    def gemv_args(self, M, K, mma=False):
+        """(template consts, kernel args) of the GEMV's prologue; mma: gemv_mma's, folded where the weight is."""
         be = self.backend
         consts = dict(norm=self.kind, add=self.add, epsilon=self.eps, has_beta=self.has_beta)
         b = self.b.reshape(-1, K) if self.add else be._dummy2()
         s = self.sum.reshape(M, K) if self.add else be._dummy2()
+        if mma and self.colsum is not None:
+            return dict(consts, fold=True), (b, self.colsum, s)
         return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)
 
     def normed(self):

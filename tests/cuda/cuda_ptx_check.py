@@ -31,7 +31,7 @@ def cases(quick=False):
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
-                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"))
+                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"), c[2].get("fold"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -103,6 +103,13 @@ def _plain_cases():
                                            has_beta=True, epsilon=1e-5, pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
                      "float32[::1]", a2]
+            # ... gamma folded into the weight (any row count: 4 row tiles), LayerNorm and RMSNorm
+            for kind, pdl in (("layer", True), ("rms", False)):
+                yield dt, "gemv_mma", dict(mtiles=4, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=9,
+                                           activation="none", has_bias=True, norm=kind, add=True,
+                                           has_beta=False, epsilon=1e-5, fold=True, pdl=pdl), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
+                     a2]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]
         yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,

@@ -108,23 +108,29 @@ def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
-@example(kind="layer", add=True, has_beta=True, has_bias=True, M=9, K=pick(48, 528), fused=True, steps=pick(2, 4),
-         b_row=False, act="gelu_tanh", dtype="float16", seed=3)      # two row tiles, lanes whose segment is past K
+@example(kind="layer", add=True, has_beta=True, has_bias=True, M=9, K=pick(48, 528), fused=True, fold=False,
+         steps=pick(2, 4), b_row=False, act="gelu_tanh", dtype="float16", seed=3)  # two row tiles, lanes past K
+@example(kind="layer", add=True, has_beta=True, has_bias=True, M=17, K=pick(48, 528), fused=True, fold=True,
+         steps=pick(2, 4), b_row=False, act="gelu_tanh", dtype="bfloat16", seed=4)     # the same, folded, 3 tiles
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
        M=st.sampled_from([2, 3, 9]), K=st.sampled_from(pick((16, 32, 48), (528, 768, 1024))), fused=st.booleans(),
-       steps=st.sampled_from(pick((1, 2), (4, 2))), b_row=st.booleans(), act=st.sampled_from(["none", "gelu_tanh"]),
-       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
-def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, steps, b_row, act, dtype, seed):
+       fold=st.booleans(), steps=st.sampled_from(pick((1, 2), (4, 2))), b_row=st.booleans(),
+       act=st.sampled_from(["none", "gelu_tanh"]), dtype=st.sampled_from(["float16", "bfloat16"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, fold, steps, b_row, act, dtype, seed):
     """gemv_mma.py.j2 with the norm in its prologue (rows past gemv_nk's; the block holds all of K: statistics over
-    the lanes' segments, the warps meeting in shared memory; lanes whose segment is past K add nothing). Where K
-    spans more than one block's k range, the rows are past gemv_mma_norm_max_m, or the knob is off (fused=False),
-    the norm kernel runs first."""
+    the lanes' segments, the warps meeting in shared memory; lanes whose segment is past K add nothing). fold:
+    gamma folded into the weight (CudaBackend._fold_norm), the raw rows multiplied, their statistics from extra
+    mma's, the norm applied per output. Where K spans more than one block's k range, the rows are past
+    gemv_mma_norm_max_m, or the knob is off (fused=False), the norm kernel runs first (with gamma = 1 where
+    folded)."""
     backend = get_backend(dtype)
     saved = (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.gemv_mma_tune,
-             backend.gemv_mma_norm_max_m)
+             backend.gemv_mma_norm_max_m, backend.norm_fold)
     backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm = 0, 10 ** 6, fused
     backend.gemv_mma_norm_max_m = 2 if M == 3 else 10 ** 6      # 3 rows past the limit: the norm kernel first
     backend.gemv_mma_tune = dict(saved[3], steps=steps)
+    backend.norm_fold = fold
     backend._kernels.clear()
     try:
         _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, pick(16, 96), None, b_row, act, dtype)
@@ -132,6 +138,8 @@ def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, step
         assert "gemv_mma" in _ran(backend)
         takes = fused and K <= block_k and M <= backend.gemv_mma_norm_max_m
         assert bool(_ran(backend) & NORM_KERNELS) == (not takes), (_ran(backend), K, block_k)
+        folded = {dict(memo[2]).get("fold", False) for memo in backend._kernels if memo[0] == "gemv_mma"}
+        assert folded == {fold and takes}
     finally:
         (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.gemv_mma_tune,
-         backend.gemv_mma_norm_max_m) = saved
+         backend.gemv_mma_norm_max_m, backend.norm_fold) = saved
