@@ -4,6 +4,7 @@ rows, K not whole vectors or past one block, the knob off).
 Against the rounded NumPy chain: the sum and the normalized row rounded to the storage dtype, as the unfused
 pair stores them."""
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +144,75 @@ def test_norm_linear_mma(where, kind, add, has_beta, has_bias, M, K, fused, fold
     finally:
         (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.gemv_mma_tune,
          backend.gemv_mma_norm_max_m, backend.norm_fold) = saved
+
+
+def _folded_backend(dtype):
+    """The backend with gemv_mma on for any rows, its norm prologue at any row count and folding on; a block's k
+    range covering the tests' K (two steps a warp in the simulator)."""
+    backend = get_backend(dtype)
+    saved = (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold,
+             backend.gemv_mma_tune)
+    backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold = 0, 10 ** 6, 10 ** 6, True
+    backend.gemv_mma_tune = dict(backend.gemv_mma_tune, steps=pick(2, 4))
+    return backend, saved
+
+
+def _restore(backend, saved):
+    (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold,
+     backend.gemv_mma_tune) = saved
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("offset", [0.0, 6.0])
+def test_folded_norm_linear_rows_far_from_zero_mean(where, dtype, offset):
+    """The folded prologue multiplies the raw rows and subtracts mean x colsum(W') afterwards, so a row whose mean
+    is large against its spread loses digits to that cancellation: rows offset by 6 (spread ~1.1) stay within the
+    same tolerance as the unfused chain."""
+    backend, saved = _folded_backend(dtype)
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(11)
+        M, K, N = 9, pick(48, 768), pick(16, 96)
+        a = values(rng, (1, M, K)) + offset
+        b = values(rng, (1, M, K))
+        gamma, beta = values(rng, (K,)), values(rng, (K,))
+        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,))
+        inputs = [a, b, gamma, beta, W, bias]
+        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5}, const={2, 3, 4, 5},
+                              outputs=2)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        assert {dict(memo[2]).get("fold") for memo in backend._kernels if memo[0] == "gemv_mma"} == {True}
+        assert_close(got, _want(a, b, gamma, beta, W, bias, "layer", "none", None, dtype), dtype,
+                     max(1.0, np.sqrt(K) / 4))
+    finally:
+        _restore(backend, saved)
+
+
+def test_fold_needs_constant_operands_and_a_half_dtype(where):
+    """Folding applies only where gemv_mma can take the norm (a half dtype, its rows on) and gamma, beta, W and bias
+    are constants; the folded weight is diag(gamma) W rounded to the storage type, the bias beta W + b, the column
+    sums those of the rounded weight."""
+    rng = np.random.default_rng(2)
+    K, N = 16, 8
+    inputs = [values(rng, (1, 2, K)), None, values(rng, (K,)), values(rng, (K,)), values(rng, (K, N)),
+              values(rng, (N,))]
+    attrs = {"norm": "layer", "add": 0, "epsilon": 1e-5}
+    _, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5})
+    _, fed_gamma = single_node("NormLinear", inputs, attrs, const={3, 4, 5})
+    args = lambda n: (n, "layer", *(n.input(i) for i in range(2, 6)))     # noqa: E731
+    backend, saved = _folded_backend("float16")
+    try:
+        gamma, beta, W, bias, colsum = backend._fold_norm(*args(node))
+        assert beta is None and np.all(gamma.const == 1)
+        want_W = rounded(inputs[2][:, None] * inputs[4], "float16")
+        np.testing.assert_array_equal(W.const, want_W)
+        np.testing.assert_allclose(bias.const, inputs[3] @ inputs[4] + inputs[5], rtol=1e-5)
+        np.testing.assert_allclose(colsum, want_W.sum(axis=0), rtol=1e-5)
+        assert backend._fold_norm(*args(fed_gamma)) is None
+        backend.norm_fold = False
+        assert backend._fold_norm(*args(node)) is None
+        backend.norm_fold, backend.gemv_mma_max_m = True, 0
+        assert backend._fold_norm(*args(node)) is None
+    finally:
+        _restore(backend, saved)
+    assert get_backend("float32")._fold_norm(*args(node)) is None
