@@ -8,7 +8,9 @@ Same interface as eetjit.backends.cpu (`prepare`, `prepare_all`, `PreparedOp`, r
 ONNX ops), plus what the runtime needs for device memory (`empty`, `zeros`, `to_host`, `cache_dtype`) and for
 greedy decoding on the device (`greedy_tokens`). Inputs may be host (NumPy) or device arrays; outputs are
 device arrays. Activations and weights are stored in the session dtype; every kernel computes in float32
-(norm statistics, softmax, epilogues). Norm weights and epilogue biases stay float32.
+(norm statistics, softmax, epilogues). Norm weights and epilogue biases stay float32; a float16/bfloat16
+NormLinear with constant weights has its gamma and beta folded into the GEMM's weight and bias when it is bound
+(`_fold_norm`).
 
 Whether this runs on a GPU (CuPy + nvmath + Numba) or in Numba's CUDA simulator (NumPy) is decided in one
 place, eetjit.backends.cuda_device; templates get it as the constant `sim`.
