@@ -144,11 +144,12 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 # first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
-# float16/bfloat16 NormLinear with constant gamma, beta, W and bias, where gemv_mma can run: gamma folded into the
-# weight (W' = diag(gamma) W, stored rounded; b' = beta W + b), so every path normalizes without the affine step
-# (the norm kernel with gamma = 1, the GEMVs' prologues alike: no gamma or beta loads) and gemv_mma's prologue
+# float16/bfloat16 sessions where gemv_mma can run: each norm's gamma and beta folded into the Linears that read it
+# (W' = diag(gamma) W, stored rounded; b' = beta W + b; eetjit.plan.norm_linear.fold_norm_affine on the session's
+# graph, so Session.run and generation share one copy of each weight), so every path normalizes without the affine
+# step (the norm kernel with gamma = 1, the GEMVs' prologues alike: no gamma or beta loads) and gemv_mma's prologue
 # multiplies the raw rows and applies the norm per output: rstd (x W' - mean colsum(W')) + b'. Its row statistics
-# come from extra mma's over the same words, so nothing waits for them before the GEMM. Same weight memory.
+# come from extra mma's over the same words, so nothing waits for them before the GEMM.
 # H200, GPT-2 small decode replay (session 12): B1 x 64 0.229 -> 0.216 ms (gemv_nk's prologue loads no beta),
 # B8 x 256 0.331 -> 0.316; at 32 rows the folded prologue still lost to the norm kernel first (0.640 -> 0.658), so
 # GEMV_MMA_NORM_MAX_M bounds it too. EETJIT_NORM_FOLD=0 keeps gamma in the norm (A/B measurements).
@@ -423,7 +424,9 @@ class CudaBackend:
         else:
             ones = self._upload_const(gamma.const, np.float32)
             gamma_of, beta_of = (lambda inputs: ones), (lambda inputs: None)
-            colsum_dev = self._upload_const(colsum, np.float32) if kind == "layer" else self._dummy1()
+
+            def colsum_dev():
+                return self._upload_const(colsum(), np.float32) if kind == "layer" else self._dummy1()
         has_beta = kind == "layer" and beta is not None
 
         def run(inputs, out):
@@ -440,36 +443,51 @@ class CudaBackend:
             return list(ys) + ([s] if add else [])
         return run
 
+    @property
+    def fold_norm_affine(self) -> bool:
+        """Whether sessions fold each norm's gamma and beta into the Linears that read it (eetjit.plan.norm_linear
+        .fold_norm_affine, on the session's graph) and NormLinear takes the folded form (NORM_FOLD_ENV)."""
+        return bool(self.norm_fold and self.dtype != np.float32 and self.gemv_mma_max_m > 0 and self.dev.mma_sync)
+
     def _fold_norm(self, node, kind, gamma, beta, W, bias):
-        """(gamma, beta, W, bias, colsum) of a NormLinear with gamma folded into its weight (NORM_FOLD_ENV): gamma
-        = 1, no beta, W' = diag(gamma) W rounded to the storage type, b' = beta W + b, colsum = W' summed over k
-        (float32, from the rounded values); None where it does not apply (float32, no gemv_mma, an operand fed at
-        run time, shapes that do not match)."""
-        if not (self.norm_fold and self.dtype != np.float32 and self.gemv_mma_max_m > 0 and self.dev.mma_sync):
+        """(gamma, beta, W, bias, colsum) of a NormLinear in the folded form (gamma = 1, no beta, W' = diag(gamma)
+        W, b' = beta W + b), colsum() the column sums of W' rounded to the storage type (float32; computed on
+        first use). A session's graph comes folded (fold_norm_affine): its operands are used as they are. A node
+        with its own gamma/beta gets a folded copy of its weight. None where it does not apply (float32, no
+        gemv_mma, an operand fed at run time, shapes that do not match)."""
+        if not self.fold_norm_affine:
             return None
         if any(v is not None and not v.is_const for v in (gamma, beta, W, bias)) or gamma is None or W is None:
             return None
-        Wh = np.asarray(W.const, np.float32)
-        if Wh.ndim != 2 or np.size(gamma.const) != Wh.shape[0]:
+        if np.ndim(W.const) != 2 or np.size(gamma.const) != np.shape(W.const)[0]:
             return None
-        K, N = Wh.shape
-        g = np.asarray(gamma.const, np.float32).reshape(K)
+        K, N = np.shape(W.const)
         has_beta = kind == "layer" and beta is not None
         if (has_beta and np.size(beta.const) != K) or (bias is not None and np.size(bias.const) != N):
             return None
-        # float32 arithmetic and one rounding to the storage type (uploaded as is): ~10-20 ms a GPT-2 small GEMM on
-        # a 2-core host, where float64 and a float32 copy for the upload took twice that
-        Wf = (Wh * g[:, None]).astype(self.dtype)
-        b = np.zeros(N, np.float32) if bias is None else np.asarray(bias.const, np.float32).reshape(N)
-        if has_beta:
-            b = b + np.asarray(beta.const, np.float32).reshape(K) @ Wh
-        colsum = Wf.sum(axis=0, dtype=np.float32)
+        if not has_beta and np.all(np.asarray(gamma.const) == 1):
+            folded = (gamma, None, W, bias)                     # already folded (the session's graph)
+        else:
+            Wh = np.asarray(W.const, np.float32)
+            g = np.asarray(gamma.const, np.float32).reshape(K)
+            b = np.zeros(N, np.float32) if bias is None else np.asarray(bias.const, np.float32).reshape(N)
+            if has_beta:
+                b = b + np.asarray(beta.const, np.float32).reshape(K) @ Wh
 
-        def const(name, arr):
-            return Value(f"{node.name}/{name}", arr.dtype, arr.shape, const=arr)
-        has_bias = bias is not None or has_beta
-        return (const("ones", np.ones(K, np.float32)), None, const("W_folded", Wf),
-                const("b_folded", b.astype(np.float32)) if has_bias else None, colsum)
+            def const(name, arr):
+                return Value(f"{node.name}/{name}", arr.dtype, arr.shape, const=arr)
+            folded = (const("ones", np.ones(K, np.float32)), None, const("W_folded", Wh * g[:, None]),
+                      const("b_folded", b) if bias is not None or has_beta else None)
+        W_f = folded[2]
+        memo = []
+
+        def colsum():
+            # the values the GEMM multiplies: rounded once to the storage type, as the upload does (~10 ms a GPT-2
+            # small GEMM on a 2-core host, so only for a NormLinear whose rows reach gemv_mma's prologue)
+            if not memo:
+                memo.append(np.asarray(W_f.const, np.float32).astype(self.dtype).sum(axis=0, dtype=np.float32))
+            return memo[0]
+        return folded + (colsum,)
 
     # --- GEMM + epilogue ----------------------------------------------------------------------------------------
     def _prepare_Linear(self, node):
@@ -1284,8 +1302,8 @@ class _NormPrologue:
     def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm, colsum=None):
         self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
         self.b, self.gamma, self.beta, self.sum, self.shape, self.run_norm = b, gamma, beta, sum_, shape, run_norm
-        # gamma folded into the GEMM's weight (CudaBackend._fold_norm): gemv_mma takes the norm at any row count,
-        # with the column sums of W' (LayerNorm; a dummy for RMSNorm)
+        # gamma folded into the GEMM's weight (CudaBackend._fold_norm): colsum() gives gemv_mma's prologue the
+        # column sums of W' on the device (LayerNorm; a dummy for RMSNorm); None: not folded
         self.colsum = colsum
         # the GEMM's rows: a broadcast up to the sum's shape (b may have more rows than a)
         self.a = a if tuple(a.shape) == shape else backend._contiguous(backend.dev.xp.broadcast_to(a, shape))
@@ -1310,7 +1328,7 @@ class _NormPrologue:
         b = self.b.reshape(-1, K) if self.add else be._dummy2()
         s = self.sum.reshape(M, K) if self.add else be._dummy2()
         if mma and self.colsum is not None:
-            return dict(consts, fold=True), (b, self.colsum, s)
+            return dict(consts, fold=True), (b, self.colsum(), s)
         return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)
 
     def normed(self):

@@ -51,3 +51,56 @@ def fold_norm_linear(g: Graph) -> int:
         g.remove_dead()
         g.toposort()
     return made
+
+
+def fold_norm_affine(g: Graph) -> int:
+    """Fold each norm's gamma and beta into the Linears that read it, in place: W' = diag(gamma) W, b' = beta W + b
+    (float32 constants), the norm then gamma = 1 and no beta. For a backend that stores W' rounded and applies the
+    norm per output of its GEMM (CudaBackend, `fold_norm_affine`); done on the session's graph, before the plans
+    of Session.run and of generation are made, so both share the one folded copy of each weight. Only where every
+    reader of the normalized output is a Linear taking it as x with a constant weight (and bias) read by nothing
+    else, the output is not a graph output, and gamma and beta are constants. Returns the norms folded."""
+    import numpy as np
+    made = 0
+    for norm in [n for n in g.nodes if n.domain == "eet" and n.op_type in NORMS]:
+        kind, add = NORMS[norm.op_type]
+        gi = 2 if add else 1
+        gamma = norm.input(gi)
+        beta = norm.input(gi + 1) if kind == "layer" else None
+        y = norm.outputs[0]
+        users = list(y.users)
+        if gamma is None or not gamma.is_const or (beta is not None and not beta.is_const) or not users \
+                or g.is_output(y):
+            continue
+        K = np.size(gamma.const)
+        if beta is None and np.all(np.asarray(gamma.const) == 1):
+            continue                                # nothing to fold (or folded already)
+        if (beta is not None and np.size(beta.const) != K) or not all(_foldable(lin, y, K) for lin in users):
+            continue
+        gv = np.asarray(gamma.const, np.float32).reshape(K)
+        bv = None if beta is None else np.asarray(beta.const, np.float32).reshape(K)
+        for lin in users:
+            W, b = lin.input(1), lin.input(2)
+            Wh = np.asarray(W.const, np.float32)
+            bias = None if b is None else np.asarray(b.const, np.float32).reshape(-1)
+            if bv is not None:
+                bias = (bv @ Wh) if bias is None else bias + bv @ Wh
+            g.set_input(lin, 1, g.constant(Wh * gv[:, None], g.fresh_name(f"{W.name}/gamma")))
+            if len(lin.inputs) < 3:
+                lin.inputs.append(None)
+            g.set_input(lin, 2, None if bias is None else g.constant(bias, g.fresh_name(f"{lin.name}/bias")))
+        g.set_input(norm, gi, g.constant(np.ones(K, np.float32), g.fresh_name(f"{norm.name}/ones")))
+        if beta is not None:
+            g.set_input(norm, gi + 1, None)
+        made += 1
+    if made:
+        g.remove_dead()           # the unfolded weights, now read by nothing
+    return made
+
+
+def _foldable(lin, y, K) -> bool:
+    W = lin.input(1)
+    b = lin.input(2) if len(lin.inputs) > 2 else None
+    return (lin.domain == "eet" and lin.op_type == "Linear" and lin.inputs[0] is y and W is not None
+            and W.is_const and len(W.users) == 1 and W.const.ndim == 2 and W.const.shape[0] == K
+            and (b is None or (b.is_const and len(b.users) == 1 and b.const.size == W.const.shape[1])))

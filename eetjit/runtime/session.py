@@ -6,6 +6,7 @@ import numpy as np
 from eetjit.errors import InputError, ModelError
 from eetjit.feeds import validate_feeds
 from eetjit.ir import Graph
+from eetjit.plan.norm_linear import fold_norm_affine
 from eetjit.plan.structure import find_structure
 from eetjit.reference.executor import check_supported
 from eetjit.runtime.plan import ExecutionPlan
@@ -38,6 +39,8 @@ class Session:
         self.verbose = verbose
         self.structure = find_structure(graph)
         self.backend = make_backend(device, dtype, verbose)
+        if getattr(self.backend, "fold_norm_affine", False):
+            fold_norm_affine(graph)     # before any plan: Session.run and generation share the folded weights
         self.plan = self._make_plan(graph)
         self._generator = None
         self._packed = None          # (plan,) of the packed encoder graph, built on first use

@@ -313,3 +313,25 @@ def test_sim_decode_steps_in_blocks(monkeypatch):
     assert eos not in want[1][len(prompts[1]):len(prompts[1]) + 3]
     assert sess.generate(prompts, max_new_tokens=5, eos_token_id=eos) == \
         cpu.generate(prompts, max_new_tokens=5, eos_token_id=eos)
+
+
+def test_sim_folded_session_shares_its_weights(monkeypatch):
+    """A float16 session where gemv_mma runs folds each norm's gamma/beta into the Linears that read it on the
+    session's graph (eetjit.plan.norm_linear.fold_norm_affine): the generation graph's NormLinears take the same
+    weight arrays as Session.run's Linears (one device copy), gamma = 1 and no beta; 3 rows run the folded gemv_mma
+    prologue; the tokens equal an unfolded session's."""
+    if not SIMULATED:
+        pytest.skip("simulator run")
+    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_M", "32")
+    prompts = PROMPTS[:3]
+    monkeypatch.setenv("EETJIT_NORM_FOLD", "0")
+    want = _session("gpt2", "cuda", "float16").generate(prompts, max_new_tokens=2)
+    monkeypatch.setenv("EETJIT_NORM_FOLD", "1")
+    sess = _session("gpt2", "cuda", "float16")
+    assert sess.generate(prompts, max_new_tokens=2) == want
+    run_weights = {id(n.input(1).const) for n in sess.graph.nodes if n.op_type == "Linear"}
+    folded = [n for n in sess._generator.gen.graph.nodes if n.op_type == "NormLinear"]
+    assert len(folded) == 2 * len(sess.structure.layers)
+    assert all(id(n.input(4).const) in run_weights for n in folded)
+    assert all(np.all(n.input(2).const == 1) and n.input(3) is None for n in folded)
+    assert any(dict(memo[2]).get("fold") for memo in sess.backend._kernels if memo[0] == "gemv_mma")

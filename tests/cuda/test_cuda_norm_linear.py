@@ -151,15 +151,16 @@ def _folded_backend(dtype):
     range covering the tests' K (two steps a warp in the simulator)."""
     backend = get_backend(dtype)
     saved = (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold,
-             backend.gemv_mma_tune)
+             backend.gemv_mma_tune, backend.gemv_norm)
     backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold = 0, 10 ** 6, 10 ** 6, True
+    backend.gemv_norm = True
     backend.gemv_mma_tune = dict(backend.gemv_mma_tune, steps=pick(2, 4))
     return backend, saved
 
 
 def _restore(backend, saved):
     (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_mma_norm_max_m, backend.norm_fold,
-     backend.gemv_mma_tune) = saved
+     backend.gemv_mma_tune, backend.gemv_norm) = saved
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -190,8 +191,8 @@ def test_folded_norm_linear_rows_far_from_zero_mean(where, dtype, offset):
 
 def test_fold_needs_constant_operands_and_a_half_dtype(where):
     """Folding applies only where gemv_mma can take the norm (a half dtype, its rows on) and gamma, beta, W and bias
-    are constants; the folded weight is diag(gamma) W rounded to the storage type, the bias beta W + b, the column
-    sums those of the rounded weight."""
+    are constants; the folded weight is diag(gamma) W (rounded to the storage type by the upload), the bias
+    beta W + b, the column sums those of the rounded weight."""
     rng = np.random.default_rng(2)
     K, N = 16, 8
     inputs = [values(rng, (1, 2, K)), None, values(rng, (K,)), values(rng, (K,)), values(rng, (K, N)),
@@ -204,10 +205,14 @@ def test_fold_needs_constant_operands_and_a_half_dtype(where):
     try:
         gamma, beta, W, bias, colsum = backend._fold_norm(*args(node))
         assert beta is None and np.all(gamma.const == 1)
-        want_W = rounded(inputs[2][:, None] * inputs[4], "float16")
-        np.testing.assert_array_equal(W.const, want_W)
+        np.testing.assert_allclose(W.const, inputs[2][:, None] * inputs[4], rtol=1e-6)
         np.testing.assert_allclose(bias.const, inputs[3] @ inputs[4] + inputs[5], rtol=1e-5)
-        np.testing.assert_allclose(colsum, want_W.sum(axis=0), rtol=1e-5)
+        np.testing.assert_allclose(colsum(), rounded(W.const, "float16").sum(axis=0), rtol=1e-5)
+        # a node already in the folded form (a session's graph, fold_norm_affine) keeps its operands: no copy
+        _, again = single_node("NormLinear", [inputs[0], None, gamma.const, None, W.const, bias.const], attrs,
+                                const={2, 4, 5})
+        out = backend._fold_norm(*args(again))
+        assert all(x is again.input(i) for x, i in zip(out[:4], (2, 3, 4, 5)))
         assert backend._fold_norm(*args(fed_gamma)) is None
         backend.norm_fold = False
         assert backend._fold_norm(*args(node)) is None

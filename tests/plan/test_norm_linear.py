@@ -148,3 +148,59 @@ def test_norm_linear_reference_is_the_pair(norm, add, split):
     assert len(got) == len(want)
     for p, q in zip(got, want):
         np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-6)
+
+
+# --- fold_norm_affine: gamma and beta into the Linears' weights (CUDA half sessions) --------------------------------
+@pytest.mark.parametrize("name, per_layer", [("gpt2-ts17-eager", 2), ("gpt2-dyn18-sdpa", 2),
+                                             ("llama-dyn18-sdpa", 1)])
+def test_fold_affine_counts_and_numbers(name, per_layer):
+    """GPT-2: ln_1 (-> q/k/v), ln_2 (-> the MLP) in every layer; LLaMA: the input norm (-> q/k/v; the post-attention
+    norm feeds SwiGLU: left). The final norm only where the LM head's weight is its own (a tied one is the
+    embedding's too: folding would copy it). Every folded norm keeps gamma = 1 and no beta; the forward pass
+    computes the same logits (float32 reference executor)."""
+    from eetjit.plan.norm_linear import fold_norm_affine
+    from eetjit.reference.executor import run_graph
+    g = load(str(graphs_dir() / f"{name}.onnx"))
+    fuse(g)
+    s = find_structure(g)
+    folded = g.copy()
+    made = fold_norm_affine(folded)
+    assert made == per_layer * len(s.layers) + (0 if s.tied_lm_head else 1)
+    norms = [n for n in folded.nodes if n.domain == "eet" and n.op_type in ("LayerNorm", "AddLayerNorm", "RMSNorm",
+                                                                             "AddRMSNorm")]
+    ones = [n for n in norms if np.all(n.input(2 if n.op_type.startswith("Add") else 1).const == 1)]
+    assert len(ones) == made and all(n.input(3 if n.op_type.startswith("Add") else 2) is None for n in ones)
+    assert len(folded.initializers) == len(g.initializers) - sum(n.op_type.endswith("LayerNorm") for n in ones)
+    assert fold_norm_affine(folded) == 0             # gamma = 1 and no beta: nothing left to fold
+    rng = np.random.default_rng(0)
+    feeds = {v.name: (rng.integers(0, s.vocab, (2, 5)) if v.dtype.kind == "i" else np.ones((2, 5), np.int64))
+             for v in g.inputs}
+    if s.attention_mask in feeds:
+        feeds[s.attention_mask] = np.ones((2, 5), np.int64)
+    want, got = run_graph(g, feeds)[0], run_graph(folded, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [dict(extra_reader="identity"), dict(extra_reader="linear"),
+                                  dict(weight_const=False), dict(output=True)])
+def test_fold_affine_leaves_alone(case):
+    """A reader that is not a Linear, a weight read by a second node (folding would need a second copy), a weight
+    fed at run time, the normalized value a graph output: nothing folded."""
+    from eetjit.plan.norm_linear import fold_norm_affine
+    g = _norm_then_linear(**case)
+    before = {id(v): v.const for v in g.initializers}
+    assert fold_norm_affine(g) == 0
+    assert {id(v): v.const for v in g.initializers} == before
+
+
+def test_fold_affine_small_graph_numbers():
+    from eetjit.plan.norm_linear import fold_norm_affine
+    from eetjit.reference.executor import run_graph
+    g = _norm_then_linear("AddLayerNorm")
+    rng = np.random.default_rng(4)
+    feeds = {"a": values(rng, (1, 2, 8)), "b": values(rng, (1, 2, 8))}
+    want = run_graph(g, feeds)
+    folded = g.copy()
+    assert fold_norm_affine(folded) == 1
+    for x, y in zip(run_graph(folded, feeds), want):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
