@@ -9,6 +9,10 @@ for it run the norm and the Linear one after another: the op's contract (eetjit.
 Folded only when the norm's normalized output is read by nothing but the Linear's x, is not a graph output, and
 the Linear's weight and bias are constants (so the fused node, placed where the Linear was, depends on nothing
 the norm's sum feeds).
+
+`fold_norm_affine` is the constant-side companion, run on a session's graph (CudaBackend in float16/bfloat16,
+before any plan): each norm's gamma and beta go into the weights and biases of the Linears that read it, so the
+norm computes the bare normalization and a GEMM can apply it per output (gemv_mma's folded prologue).
 """
 from __future__ import annotations
 
