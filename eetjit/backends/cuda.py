@@ -482,10 +482,11 @@ class CudaBackend:
         memo = []
 
         def colsum():
-            # the values the GEMM multiplies: rounded once to the storage type, as the upload does (~10 ms a GPT-2
-            # small GEMM on a 2-core host, so only for a NormLinear whose rows reach gemv_mma's prologue)
+            # the values the GEMM multiplies: rounded once to the storage type, as the upload does (a session's
+            # graph stores them so already; computed only for a NormLinear whose rows reach gemv_mma's prologue)
             if not memo:
-                memo.append(np.asarray(W_f.const, np.float32).astype(self.dtype).sum(axis=0, dtype=np.float32))
+                w = W_f.const if W_f.const.dtype == self.dtype else np.asarray(W_f.const, np.float32).astype(self.dtype)
+                memo.append(w.sum(axis=0, dtype=np.float32))
             return memo[0]
         return folded + (colsum,)
 

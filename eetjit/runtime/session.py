@@ -40,7 +40,8 @@ class Session:
         self.structure = find_structure(graph)
         self.backend = make_backend(device, dtype, verbose)
         if getattr(self.backend, "fold_norm_affine", False):
-            fold_norm_affine(graph)     # before any plan: Session.run and generation share the folded weights
+            # before any plan: Session.run and generation share the folded weights, stored as the backend stores them
+            fold_norm_affine(graph, self.backend.dtype)
         self.plan = self._make_plan(graph)
         self._generator = None
         self._packed = None          # (plan,) of the packed encoder graph, built on first use

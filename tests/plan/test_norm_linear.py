@@ -204,3 +204,16 @@ def test_fold_affine_small_graph_numbers():
     assert fold_norm_affine(folded) == 1
     for x, y in zip(run_graph(folded, feeds), want):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_affine_stores_the_rounded_weight():
+    """store_dtype: W' = diag(gamma) W rounded once to that type (the backend uploads it as it is)."""
+    from eetjit.plan.norm_linear import fold_norm_affine
+    g = _norm_then_linear("LayerNorm")
+    lin = next(n for n in g.nodes if n.op_type == "Linear")
+    norm = next(n for n in g.nodes if n.op_type == "LayerNorm")
+    W, gamma = lin.input(1).const, norm.input(1).const
+    assert fold_norm_affine(g, np.float16) == 1
+    got = lin.input(1).const
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, (W * gamma[:, None].astype(np.float32)).astype(np.float16))
