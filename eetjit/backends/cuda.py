@@ -8,9 +8,9 @@ Same interface as eetjit.backends.cpu (`prepare`, `prepare_all`, `PreparedOp`, r
 ONNX ops), plus what the runtime needs for device memory (`empty`, `zeros`, `to_host`, `cache_dtype`) and for
 greedy decoding on the device (`greedy_tokens`). Inputs may be host (NumPy) or device arrays; outputs are
 device arrays. Activations and weights are stored in the session dtype; every kernel computes in float32
-(norm statistics, softmax, epilogues). Norm weights and epilogue biases stay float32; a float16/bfloat16
-NormLinear with constant weights has its gamma and beta folded into the GEMM's weight and bias when it is bound
-(`_fold_norm`).
+(norm statistics, softmax, epilogues). Norm weights and epilogue biases stay float32. In float16/bfloat16, a
+session's graph comes with each norm's gamma and beta folded into the Linears that read it (`fold_norm_affine`);
+a NormLinear bound on its own gets a folded copy of its weight (`_fold_norm`).
 
 Whether this runs on a GPU (CuPy + nvmath + Numba) or in Numba's CUDA simulator (NumPy) is decided in one
 place, eetjit.backends.cuda_device; templates get it as the constant `sim`.
@@ -1205,15 +1205,15 @@ class CudaBackend:
         host = np.asarray(arr)
         if transform is not None:
             host = transform(host)
-        if (host.dtype.kind == "f" and not self.dev.simulated and np.dtype(dtype) in (np.float16, np.float32)
-                and (host.dtype != np.dtype(dtype) or host.dtype == np.float32)):
+        half = host.dtype == np.dtype(dtype) and host.dtype != np.float32     # already in the half type: as is
+        if (host.dtype.kind == "f" and not half and not self.dev.simulated
+                and np.dtype(dtype) in (np.float16, np.float32)):
             dev = self.dev.upload_cast(host, dtype, pad_cols)
         else:
             if pad_cols is not None:
                 host = _pad_cols(host, pad_cols)
-            same = host.dtype == np.dtype(dtype)        # already rounded (a folded weight): copied as is
             dev = self.dev.upload(np.ascontiguousarray(np.asarray(host, np.float32 if host.dtype.kind == "f"
-                                                                  and not same else None)), dtype)
+                                                                  and not half else None)), dtype)
         self._consts[key] = (arr, dev)
         return dev
 
