@@ -37,6 +37,7 @@ from eetjit.backends.cuda_device import CaptureError, get_device, is_bfloat16, s
 from eetjit.backends.cuda_gemm import BatchedGemm, Gemm
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node, Value
+from eetjit.plan.norm_linear import folded_weights
 
 # --- launch configurations (data; the simulator runs each thread as a Python thread: keep blocks tiny there) ---
 # threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
@@ -468,16 +469,13 @@ class CudaBackend:
         if not has_beta and np.all(np.asarray(gamma.const) == 1):
             folded = (gamma, None, W, bias)                     # already folded (the session's graph)
         else:
-            Wh = np.asarray(W.const, np.float32)
-            g = np.asarray(gamma.const, np.float32).reshape(K)
-            b = np.zeros(N, np.float32) if bias is None else np.asarray(bias.const, np.float32).reshape(N)
-            if has_beta:
-                b = b + np.asarray(beta.const, np.float32).reshape(K) @ Wh
+            Wf, b = folded_weights(gamma.const, beta.const if has_beta else None, W.const,
+                                   None if bias is None else bias.const)
 
             def const(name, arr):
                 return Value(f"{node.name}/{name}", arr.dtype, arr.shape, const=arr)
-            folded = (const("ones", np.ones(K, np.float32)), None, const("W_folded", Wh * g[:, None]),
-                      const("b_folded", b) if bias is not None or has_beta else None)
+            folded = (const("ones", np.ones(K, np.float32)), None, const("W_folded", Wf),
+                      None if b is None else const("b_folded", b))
         W_f = folded[2]
         memo = []
 

@@ -83,20 +83,12 @@ def fold_norm_affine(g: Graph, store_dtype=None) -> int:
             continue                                # nothing to fold (or folded already)
         if (beta is not None and np.size(beta.const) != K) or not all(_foldable(lin, y, K) for lin in users):
             continue
-        gv = np.asarray(gamma.const, np.float32).reshape(K)
-        bv = None if beta is None else np.asarray(beta.const, np.float32).reshape(K)
         for lin in users:
             W, b = lin.input(1), lin.input(2)
-            Wh = np.asarray(W.const, np.float32)
-            bias = None if b is None else np.asarray(b.const, np.float32).reshape(-1)
-            if bv is not None:
-                bias = (bv @ Wh) if bias is None else bias + bv @ Wh
-            if store_dtype is None:
-                Wf = Wh * gv[:, None]
-            else:
-                if scratch is None or scratch.size < Wh.size:
-                    scratch = np.empty(Wh.size, np.float32)
-                Wf = np.multiply(Wh, gv[:, None], out=scratch[:Wh.size].reshape(Wh.shape)).astype(store_dtype)
+            if store_dtype is not None and (scratch is None or scratch.size < W.const.size):
+                scratch = np.empty(W.const.size, np.float32)
+            Wf, bias = folded_weights(gamma.const, None if beta is None else beta.const, W.const,
+                                      None if b is None else b.const, store_dtype, scratch)
             g.set_input(lin, 1, g.constant(Wf, g.fresh_name(f"{W.name}/gamma")))
             if len(lin.inputs) < 3:
                 lin.inputs.append(None)
@@ -108,6 +100,22 @@ def fold_norm_affine(g: Graph, store_dtype=None) -> int:
     if made:
         g.remove_dead()           # the unfolded weights, now read by nothing
     return made
+
+
+def folded_weights(gamma, beta, W, bias, store_dtype=None, scratch=None):
+    """(W', b') of a norm's gamma/beta folded into a Linear [K, N]: W' = diag(gamma) W (float32, or rounded once to
+    `store_dtype` through the float32 `scratch` of at least K * N values), b' = beta W + b (float32; None when the
+    Linear has no bias and the norm no beta)."""
+    import numpy as np
+    Wh = np.asarray(W, np.float32)
+    gv = np.asarray(gamma, np.float32).reshape(-1, 1)
+    b = None if bias is None else np.asarray(bias, np.float32).reshape(-1)
+    if beta is not None:
+        bw = np.asarray(beta, np.float32).reshape(-1) @ Wh
+        b = bw if b is None else b + bw
+    if store_dtype is None:
+        return Wh * gv, b
+    return np.multiply(Wh, gv, out=scratch[:Wh.size].reshape(Wh.shape)).astype(store_dtype), b
 
 
 def _foldable(lin, y, K) -> bool:
