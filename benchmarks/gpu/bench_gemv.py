@@ -3,11 +3,14 @@ MLP up with tanh-GELU, MLP down) for `--layers` layers of distinct random float1
 decode step), each variant captured as one CUDA graph per projection (a launch per layer) and replayed.
 
     python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 4,12,4 8,12,4]
+                                        [--vocab 50257 --argmax-tunes 512,32 256,8]
 
 Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row, and `gemv_mma.py.j2` with
 each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
 sum, its floor (the weights' bytes at the measured device-to-device copy bandwidth) and the largest relative
-difference from cuBLASLt's result.
+difference from cuBLASLt's result. With `--vocab V`, also the LM head [hidden, V] (one GEMM; cuBLASLt pads V to a
+multiple of 64 and copies the logits out, gemv_mma writes them) and the greedy argmax over its logits at each
+"threads,splits" of `--argmax-tunes` (EETJIT_ARGMAX_TUNE's meaning), each captured alone.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="8,32", help="M values, comma-separated")
     ap.add_argument("--tunes", nargs="*", default=["4,12,4"], help="gemv_mma tiles: vw,warps,steps (default: the GPU tile)")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--vocab", type=int, default=0, help="also time an LM head of this width and the argmax")
+    ap.add_argument("--argmax-tunes", nargs="*", default=[], help="argmax variants: threads,splits")
     args = ap.parse_args(argv)
     import cupy
     from bench_decode import copy_bandwidth
@@ -51,6 +56,11 @@ def main(argv=None) -> int:
             x = g.value(f"{name}{layer}.x", np.float32, (1, None, K))
             node = g.add_node("Linear", [x, W, b], 1, {"activation": act}, domain="eet")
             ops[name].append(be.prepare(node, g))
+    g_head = None
+    if args.vocab:
+        W = g.constant((rng.standard_normal((E, args.vocab)) * 0.02).astype(np.float32), "head.w")
+        x = g.value("head.x", np.float32, (1, None, E))
+        g_head = be.prepare(g.add_node("Linear", [x, W, None], 1, {}, domain="eet"), g)
     bw = copy_bandwidth()
     print(f"card: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; copy {bw / 1e12:.2f} TB/s; "
           f"PDL {'on' if dev.pdl else 'off'}; hidden {E}, {args.layers} layers", flush=True)
@@ -92,7 +102,55 @@ def main(argv=None) -> int:
             cells = " ".join(f"{t:6.2f}" for t in times)
             print(f"  {label:14s} {cells}  sum {sum(times):6.2f} ({sum(times) / floor:.1f}x floor)  "
                   f"max rel diff {err:.1e}", flush=True)
+        if args.vocab:
+            head(be, g_head, M, args, rng, bw)
     return 0
+
+
+def timed(dev, fn, repeats) -> float:
+    """us per replay of fn captured as one graph."""
+    import cupy
+    fn()
+    graph = dev.capture(fn)
+    dev.replay(graph)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(dev.stream)
+    for _ in range(repeats):
+        dev.replay(graph)
+    end.record(dev.stream)
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) * 1e3 / repeats
+
+
+def head(be, op, M, args, rng, bw) -> None:
+    """The LM head at M rows on cuBLASLt and each gemv_mma tile, then the argmax variants over its logits."""
+    E, V = args.hidden, args.vocab
+    x = be.dev.upload(rng.standard_normal((1, M, E)).astype(np.float16))
+    y = be.empty((1, M, V))
+    tokens = be.zeros((M,), np.int64)
+    print(f"  LM head [{E} x {V}] at M = {M}, floor {E * V * 2 / bw * 1e6:.2f} us:", flush=True)
+    ref = None
+    for label, tune in [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes]:
+        be.gemv_max_m, be.gemv_max_n = 0, (1 << 30) if tune else 16384
+        be.gemv_mma_max_m = M if tune else 0
+        if tune:
+            be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
+        try:
+            t = timed(be.dev, lambda: op([x, None, None], [y]), args.repeats)
+        except Exception as e:
+            print(f"    {label:14s} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            continue
+        out = be.to_host(y).astype(np.float32)
+        ref = out if ref is None else ref
+        err = float(np.abs(out - ref).max() / np.abs(ref).max())
+        print(f"    {label:14s} {t:7.2f} us  max rel diff {err:.1e}", flush=True)
+    want = np.argmax(be.to_host(y).reshape(M, V), axis=1)
+    for tune in args.argmax_tunes or [f"{be.argmax_tune['threads']},{be.argmax_tune['splits']}"]:
+        be.argmax_tune = dict(zip(("threads", "splits"), (int(v) for v in tune.split(","))))
+        t = timed(be.dev, lambda: be.greedy_tokens(y.reshape(M, V), tokens), args.repeats)
+        ok = np.array_equal(be.to_host(tokens), want)
+        print(f"    argmax {tune:9s} {t:7.2f} us  {'tokens equal NumPy' if ok else 'TOKENS DIFFER'}", flush=True)
+    be.gemv_max_n = 16384
 
 
 if __name__ == "__main__":

@@ -47,10 +47,13 @@ NORM_THREADS_ENV = "EETJIT_NORM_THREADS"     # A/B knob: threads per block of th
 ELEMENTWISE_THREADS = {"gpu": 256, "sim": 8}
 ELEMENTWISE_BLOCKS_PER_SM = {"gpu": 16, "sim": 2}       # grid-stride loops: at most this many blocks per SM
 EPILOGUE_UNROLL = {"gpu": 4, "sim": 2}                 # linear_epilogue: elements per thread per pass (loads in flight)
-ARGMAX_THREADS = {"gpu": 512, "sim": 8}
+# H200, the argmax of GPT-2's 50257 logits alone as a graph (bench_gemv.py --vocab, session 13), threads,splits:
+# 512,32 6.1 / 14.7 us at 1 / 32 rows; 128,32 5.3 / 7.8; 128,16 6.5 / 7.3; 256,8 6.6 / 7.7
+ARGMAX_THREADS = {"gpu": 128, "sim": 8}
 # blocks per logits row of the greedy argmax (the last one reduces their partials): one block scanning a 50k-word
 # vocabulary took 14 us of a 0.36 ms B1 step on the H100; at most ARGMAX_THREADS
 ARGMAX_SPLITS = {"gpu": 32, "sim": 2}
+ARGMAX_TUNE_ENV = "EETJIT_ARGMAX_TUNE"     # A/B knob: "threads,splits" overrides ARGMAX_THREADS / ARGMAX_SPLITS
 # attention: lanes per key column (a power of two <= 32) by head dim, and columns in flight per block
 ATTENTION_LANES_GPU = ((64, 16), (None, 32))
 ATTENTION_LANES_SIM = 4
@@ -260,6 +263,13 @@ class CudaBackend:
             raise ValueError(f"{GEMV_MMA_TUNE_ENV}={mt}: vw (weight columns per lane load) must be 2, 4 or 8, warps "
                              "1..32, steps at least 1")
         self.norm_threads = int(os.environ.get(NORM_THREADS_ENV, "0")) if not self.dev.simulated else 0
+        self.argmax_tune = _env_tune(ARGMAX_TUNE_ENV, dict(threads=ARGMAX_THREADS[self.mode],
+                                                           splits=ARGMAX_SPLITS[self.mode]))
+        at = self.argmax_tune
+        if (not self.dev.simulated and (at["threads"] % 32 or not 32 <= at["threads"] <= 1024)) \
+                or not 1 <= at["splits"] <= at["threads"]:
+            raise ValueError(f"{ARGMAX_TUNE_ENV}={at}: threads must be a multiple of 32 up to 1024 (on a GPU), "
+                             "splits 1..threads")
         if self.norm_threads % 32 or not 0 <= self.norm_threads <= 1024:
             raise ValueError(f"{NORM_THREADS_ENV}={self.norm_threads}: threads per block must be a multiple of 32, "
                              "at most 1024 (0: the launch table)")
@@ -1146,7 +1156,7 @@ class CudaBackend:
         B = logits.shape[0]
         logits_BV = logits.reshape(B, logits.shape[-1])
         advance = ids_B1 is not None
-        threads, splits = ARGMAX_THREADS[self.mode], ARGMAX_SPLITS[self.mode]
+        threads, splits = self.argmax_tune["threads"], self.argmax_tune["splits"]
         kern = self.kernel("argmax", advance=advance, threads=threads, splits=splits)
         if not advance:
             ids_B1, positions_B1, step_1 = self._dummy_idx(), self._dummy_idx(), self._dummy_idx().reshape(1)
