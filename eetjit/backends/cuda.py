@@ -158,6 +158,15 @@ GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
 # B8 x 256 0.331 -> 0.316; at 32 rows the folded prologue still lost to the norm kernel first (0.640 -> 0.658), so
 # GEMV_MMA_NORM_MAX_M bounds it too. EETJIT_NORM_FOLD=0 keeps gamma in the norm (A/B measurements).
 NORM_FOLD_ENV = "EETJIT_NORM_FOLD"
+# ... and where the norm's input is a residual sum made by a Linear (the attention output or MLP down projection;
+# eetjit.plan.norm_linear.fold_producer_linear puts that Linear into the NormLinear), from this many rows on (up to
+# gemv_mma's), gemv_mma runs the pair as two GEMMs and no norm kernel: the first adds the residual in its epilogue
+# and writes each strip's row sums and sums of squares (rstats), the second reads them for its folded epilogue
+# (pstats). H200, GPT-2 small decode (session 13), ms/step (replay): B32 x 512 0.636-0.639 (0.632) -> 0.583-0.589
+# (0.580-0.582); B8 x 256, where the folded prologue took the norm, 0.325 (0.319) -> 0.300 (0.296).
+# EETJIT_GEMV_MMA_STATS_MIN_M overrides the rows (a number past gemv_mma's rows: never, and no fold).
+GEMV_MMA_STATS_MIN_M = {"gpu": 2, "sim": 2}
+GEMV_MMA_STATS_ENV = "EETJIT_GEMV_MMA_STATS_MIN_M"
 GEMV_MMA_NORM_MAX_M = {"gpu": 8, "sim": 8}
 GEMV_MMA_NORM_ENV = "EETJIT_GEMV_MMA_NORM_MAX_M"
 # Past gemv_max_m, up to GEMV_MMA_MAX_M rows (the decode step of a small batch), float16/bfloat16 GEMMs with K a
@@ -239,7 +248,7 @@ class CudaBackend:
             raise ValueError(f"{ATTENTION_MMA_TUNE_ENV}: kt (key columns per tile) must be a positive multiple of 16")
         self._batched = BatchedGemm(self.dev)
         self._attn_scratch = _Scratch(self)      # shared by every attention op: they run one after another
-        self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block
+        self._shared_scratch = _Scratch(self)    # likewise for the split Linears' GEMM block, norms, _pre_linear
         self._argmax_scratch = _Scratch(self)    # the greedy argmax's partials (greedy_tokens)
         self._index_memo = None                  # (host index array, its device copy): see _token_index
         self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
@@ -257,6 +266,7 @@ class CudaBackend:
         self.norm_fold = _env_flag(NORM_FOLD_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
         self.gemv_mma_norm_max_m = int(os.environ.get(GEMV_MMA_NORM_ENV, GEMV_MMA_NORM_MAX_M[self.mode]))
+        self.gemv_mma_stats_min_m = int(os.environ.get(GEMV_MMA_STATS_ENV, GEMV_MMA_STATS_MIN_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
         mt = self.gemv_mma_tune
         if mt["vw"] not in (2, 4, 8) or not 1 <= mt["warps"] <= 32 or mt["steps"] < 1:
@@ -412,7 +422,8 @@ class CudaBackend:
     def _prepare_NormLinear(self, node):
         """eet.NormLinear: the norm node and the Linear node it was folded from (eetjit.plan.norm_linear), bound as
         usual, the Linear handed a _NormPrologue: one launch where the one-row GEMV computes the norm (a decode
-        step), else the norm kernel into a shared scratch row block, then the GEMM."""
+        step), else the norm kernel into a shared scratch row block, then the GEMM. With the summand's own Linear
+        (inputs W0, b0: fold_producer_linear), that Linear first (_pre_linear)."""
         kind, add = node.attrs["norm"], bool(node.attrs.get("add", 0))
         if kind not in ("layer", "rms"):
             raise InputError(f"node {node.name!r}: NormLinear norm {kind!r} is not 'layer' or 'rms'")
@@ -440,9 +451,7 @@ class CudaBackend:
                 return self._upload_const(colsum(), np.float32) if kind == "layer" else self._dummy1()
         has_beta = kind == "layer" and beta is not None
 
-        def run(inputs, out):
-            x = self._act(inputs[0])
-            bx = self._act(inputs[1]) if add else None
+        def run_norm_linear(x, bx, inputs, out):
             g, bt = gamma_of(inputs), beta_of(inputs)
             shape = tuple(np.broadcast_shapes(x.shape, bx.shape)) if add else tuple(x.shape)
             s = self._output(out, n_out, shape) if add else None
@@ -452,13 +461,76 @@ class CudaBackend:
             ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
                             None if out is None else list(out[:n_out]), pro)
             return list(ys) + ([s] if add else [])
+
+        if len(node.inputs) <= 6 or node.input(6) is None:
+            def run(inputs, out):
+                return run_norm_linear(self._act(inputs[0]), self._act(inputs[1]) if add else None, inputs, out)
+            return run
+        if not add:
+            raise InputError(f"node {node.name!r}: NormLinear with the summand's Linear (W0) needs add = 1")
+        return self._pre_linear(node, kind, eps, n_out, run_linear, run_norm_linear, gamma_of,
+                                None if folded is None else colsum_dev)
+
+    def _pre_linear(self, node, kind, eps, n_out, run_linear, run_norm_linear, gamma_of, colsum_dev):
+        """A NormLinear with its summand's Linear (fold_producer_linear): sum = x0 W0 + b0 + residual. Where
+        gemv_mma runs both GEMMs with the norm folded (_stats_path), the first adds the residual in its epilogue,
+        stores the sum and writes the strips' row statistics, the second reads them: two launches, no norm
+        kernel. Otherwise the Linear into a scratch block shared by every such op, then the NormLinear as usual."""
+        pre_node = Node("Linear", [node.input(0), node.input(6), node.input(7)], [], {}, "eet", f"{node.name}/pre")
+        run_pre = self._prepare_Linear(pre_node)
+        scratch = _Scratch(self)
+
+        def run(inputs, out):
+            x0, r = self._act(inputs[0]), self._act(inputs[1])
+            pre_inputs = [x0, _input(inputs, 6), _input(inputs, 7)]
+            gemm0, E, _, _, bias0 = run_pre.gemm_for(pre_inputs)
+            if x0.shape[-1] != gemm0.K:
+                raise InputError(f"node {node.name!r}: NormLinear input has {x0.shape[-1]} features, W0 expects "
+                                 f"{gemm0.K}")
+            zshape = tuple(x0.shape[:-1]) + (E,)
+            shape = tuple(np.broadcast_shapes(zshape, r.shape))
+            M = math.prod(shape[:-1])
+            if colsum_dev is not None and zshape == shape == tuple(r.shape) and r.flags.c_contiguous:
+                s = self._output(out, n_out, shape)
+                gemm1, N1 = run_linear.gemm_for([None, _input(inputs, 4), _input(inputs, 5)])[:2]
+                stats = self._stats_path(M, self._contiguous(x0).reshape(M, gemm0.K), gemm0, s.reshape(M, E),
+                                         gemm1, N1, scratch)
+                if stats is not None:
+                    pro = _NormPrologue(self, kind, False, eps, False, s, None, gamma_of(inputs), None, None, shape,
+                                        None, colsum_dev, stats=stats)
+                    self._gemv_mma(scratch, gemm0.W_KN, bias0, node.input(7) is not None, "none",
+                                   self._contiguous(x0).reshape(M, gemm0.K), s.reshape(M, E), None,
+                                   (r.reshape(M, E), stats))
+                    ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
+                                    None if out is None else list(out[:n_out]), pro)
+                    return list(ys) + [s]
+            z = self._shared_scratch.get("pre", zshape, self.dtype)     # one block for every such op (a prompt's)
+            run_pre(pre_inputs, [z])
+            return run_norm_linear(z, r, inputs, out)
         return run
+
+    def _stats_path(self, M, x0_MK, gemm0, s_ME, gemm1, N1, scratch):
+        """The row-statistics scratch [strips, M, 2] of _pre_linear's two-GEMM path when it runs at M rows (from
+        gemv_mma_stats_min_m rows, gemv_mma fitting both GEMMs, strips of at most 32 columns: one warp's shuffles
+        add a strip's row), else None."""
+        vw = self.gemv_mma_tune["vw"]
+        E = s_ME.shape[1]
+        if not (M >= self.gemv_mma_stats_min_m and M > self.gemv_max_m and self.gemv_norm and 8 * vw <= 32
+                and self._mma_fits(x0_MK, E, gemm0.W_KN) and self._mma_fits(s_ME, N1, gemm1.W_KN)):
+            return None
+        return scratch.get("stats", (-(-E // (8 * vw)), M, 2), np.float32)
 
     @property
     def fold_norm_affine(self) -> bool:
         """Whether sessions fold each norm's gamma and beta into the Linears that read it (eetjit.plan.norm_linear
         .fold_norm_affine, on the session's graph) and NormLinear takes the folded form (NORM_FOLD_ENV)."""
         return bool(self.norm_fold and self.dtype != np.float32 and self.gemv_mma_max_m > 0 and self.dev.mma_sync)
+
+    @property
+    def fold_producer_linear(self) -> bool:
+        """Whether generation graphs fold a residual sum's Linear into the NormLinear that reads the sum
+        (eetjit.plan.norm_linear.fold_producer_linear): where gemv_mma can hand the row statistics over."""
+        return self.fold_norm_affine and self.gemv_mma_stats_min_m <= self.gemv_mma_max_m
 
     def _fold_norm(self, node, kind, gamma, beta, W, bias):
         """(gamma, beta, W, bias, colsum) of a NormLinear in the folded form (gamma = 1, no beta, W' = diag(gamma)
@@ -597,6 +669,7 @@ class CudaBackend:
                 gemm(x_MK, y_MN)
             self._epilogue(epilogue, y_MN)
             return [y]
+        run.gemm_for = gemm_for        # (Gemm, N, N padded, epilogue, GEMV bias): NormLinear's _pre_linear
         return run
 
     def _gemv(self, scratch, gemm, bias_N, has_bias, act, x_MK, y_MN, prologue=None) -> bool:
@@ -664,11 +737,13 @@ class CudaBackend:
         ksplit = -(-ksteps // (warps * steps))
         return ksplit, -(-ksteps // (ksplit * steps))
 
-    def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue=None) -> None:
+    def _gemv_mma(self, scratch, W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue=None, residual=None) -> None:
         """gemv_mma.py.j2: a block of at most `warps` warps per strip of 8 vw columns over k ranges of warps x steps x
         16 (fewer warps where fewer cover K), ksplit blocks per strip where one does not; the warps' tiles meet in
         as many shared slots as GEMV_MMA_SMEM holds (in rounds when there are more warps). With a norm prologue
-        (one k range: _gemv_takes), x_MK is the norm's input and the kernel normalizes its rows itself."""
+        (one k range: _gemv_takes), x_MK is the norm's input and the kernel normalizes its rows itself; with its
+        row statistics from memory (prologue.stats), any k ranges. residual = (r_MN, stats_PM2): y = act(x W +
+        bias) + r, and the strips' row sums and sums of squares of the stored y into stats_PM2 (_pre_linear)."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
         vw, steps = self.gemv_mma_tune["vw"], self.gemv_mma_tune["steps"]
@@ -677,9 +752,13 @@ class CudaBackend:
         mtiles = -(-M // 8)
         # the prologue's per-warp row sums (and, folded, each row's mean and 1 / std)
         stats = 0 if prologue is None else (2 * 8 * mtiles * warps + 2 * 8 * mtiles) * 4
+        if prologue is not None and prologue.stats is not None:
+            stats = 2 * 8 * mtiles * 4
         slots = max(1, min(warps, (GEMV_MMA_SMEM - stats) // _mma_slot_bytes(M, vw)))
         tiles = -(-N // strip)
         extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, mma=True)
+        if residual is not None:
+            extra, args = dict(rstats=True), tuple(residual)
         # one kernel per 8 rows of x (tiles of mma's n), M read from x: batches of 1-8 rows share theirs
         kern = self.kernel("gemv_mma", mtiles=mtiles, k=K, n=N, ksplit=ksplit, activation=act,
                            has_bias=has_bias, vw=vw, warps=warps, steps=steps, slots=slots, **extra)
@@ -705,6 +784,8 @@ class CudaBackend:
         M, K = x_MK.shape
         if not (self.gemv_norm and prologue.fits(M, K, self.dev.simulated)):
             return False
+        if prologue.stats is not None:           # the statistics from memory (_pre_linear): any k ranges
+            return M > self.gemv_max_m and prologue.colsum is not None and self._mma_fits(x_MK, N, W_KN)
         if M > self.gemv_max_m:
             return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN)
                     and self._mma_ksplit(K)[0] == 1)
@@ -1308,12 +1389,16 @@ class _NormPrologue:
     gemv_nk's or gemv_mma's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel
     instead, into a row block shared by every NormLinear (they run one after another), and returns it."""
 
-    def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm, colsum=None):
+    def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm, colsum=None,
+                 stats=None):
         self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
         self.b, self.gamma, self.beta, self.sum, self.shape, self.run_norm = b, gamma, beta, sum_, shape, run_norm
         # gamma folded into the GEMM's weight (CudaBackend._fold_norm): colsum() gives gemv_mma's prologue the
         # column sums of W' on the device (LayerNorm; a dummy for RMSNorm); None: not folded
         self.colsum = colsum
+        # the rows' partial sums and sums of squares [strips, M, 2], written by the GEMM that made a (_pre_linear):
+        # gemv_mma reads them instead of taking the statistics itself (only gemv_mma: _gemv_takes)
+        self.stats = stats
         # the GEMM's rows: a broadcast up to the sum's shape (b may have more rows than a)
         self.a = a if tuple(a.shape) == shape else backend._contiguous(backend.dev.xp.broadcast_to(a, shape))
 
@@ -1336,6 +1421,10 @@ class _NormPrologue:
         consts = dict(norm=self.kind, add=self.add, epsilon=self.eps, has_beta=self.has_beta)
         b = self.b.reshape(-1, K) if self.add else be._dummy2()
         s = self.sum.reshape(M, K) if self.add else be._dummy2()
+        if self.stats is not None:
+            if not (mma and self.colsum is not None and not self.add):
+                raise RuntimeError("row statistics from memory are for gemv_mma's folded prologue only")
+            return dict(consts, fold=True, pstats=self.stats.shape[0]), (b, self.colsum(), s, self.stats)
         if mma and self.colsum is not None:
             return dict(consts, fold=True), (b, self.colsum(), s)
         return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)

@@ -10,6 +10,10 @@ Folded only when the norm's normalized output is read by nothing but the Linear'
 the Linear's weight and bias are constants (so the fused node, placed where the Linear was, depends on nothing
 the norm's sum feeds).
 
+`fold_producer_linear` goes one step further for a residual NormLinear: the Linear that makes one summand (the
+attention output or MLP down projection) moves into the node, so a backend can add the residual in that GEMM's
+epilogue and hand the row statistics to the next GEMM (CudaBackend's gemv_mma: no norm kernel in a decode step).
+
 `fold_norm_affine` is the constant-side companion, run on a session's graph (CudaBackend in float16/bfloat16,
 before any plan): each norm's gamma and beta go into the weights and biases of the Linears that read it, so the
 norm computes the bare normalization and a GEMM can apply it per output (gemv_mma's folded prologue).
@@ -51,6 +55,43 @@ def fold_norm_linear(g: Graph) -> int:
         g.remove_node(lin)
         g.remove_node(norm)
         made += 1
+    if made:
+        g.remove_dead()
+        g.toposort()
+    return made
+
+
+def fold_producer_linear(g: Graph) -> int:
+    """Fold into each residual NormLinear (add = 1) the Linear that makes one of its two summands, in place: inputs
+    6 and 7 become that Linear's W0 and bias b0, input 0 its x, input 1 the other summand (the residual), so the
+    node computes sum = (x W0 + b0) + residual, then its norm and Linear as before. For a backend whose GEMM adds the
+    residual in its epilogue and leaves the row statistics for the next GEMM's norm (CudaBackend,
+    `fold_producer_linear`: a decode step's norm then costs no kernel of its own). Only a Linear without split or
+    activation whose weight (and bias) are constants and whose output is read by nothing else and is not a graph
+    output. Run after fold_norm_linear; returns the Linears folded."""
+    made = 0
+    for nl in [n for n in g.nodes if n.domain == "eet" and n.op_type == "NormLinear"]:
+        if not nl.attrs.get("add") or nl.attrs.get("pre") or len(nl.inputs) > 6:
+            continue
+        for i in (0, 1):
+            v = nl.inputs[i]
+            lin = v.producer if v is not None else None
+            if lin is None or lin.domain != "eet" or lin.op_type != "Linear" or lin.attrs.get("split") \
+                    or (lin.attrs.get("activation") or "none") not in ("none", b"none") or len(v.users) != 1 \
+                    or g.is_output(v) or lin.outputs[0] is not v or len(lin.outputs) != 1:
+                continue
+            W0, b0 = lin.input(1), lin.input(2)
+            if W0 is None or not W0.is_const or (b0 is not None and not b0.is_const):
+                continue
+            ins = list(nl.inputs)
+            ins = [lin.inputs[0], ins[1 - i]] + ins[2:6] + [None] * (6 - len(ins)) + [W0, b0]
+            attrs = dict(nl.attrs, pre=1)
+            g.add_node("NormLinear", ins, list(nl.outputs), attrs, domain="eet", name=f"{lin.name}+{nl.name}",
+                       before=nl)
+            g.remove_node(nl)
+            g.remove_node(lin)
+            made += 1
+            break
     if made:
         g.remove_dead()
         g.toposort()

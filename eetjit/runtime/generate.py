@@ -11,7 +11,7 @@ import numpy as np
 
 from eetjit.errors import InputError
 from eetjit.plan.generation import POSITIONS, START, STEP, cache_names, specialize_for_generation
-from eetjit.plan.norm_linear import fold_norm_linear
+from eetjit.plan.norm_linear import fold_norm_linear, fold_producer_linear
 from eetjit.runtime.sampling import check_sampling_args, select
 
 
@@ -23,6 +23,8 @@ class Generator:
         self.gen = specialize_for_generation(session.graph, s)
         if getattr(session.backend, "fold_norm_linear", False):
             fold_norm_linear(self.gen.graph)      # the backend computes a norm inside the GEMM that reads it
+        if getattr(session.backend, "fold_producer_linear", False):
+            fold_producer_linear(self.gen.graph)  # ... with its statistics from the GEMM that made its input
         self.plan = session._make_plan(self.gen.graph)
         dtype = session.backend.cache_dtype
         self.caches: dict[str, np.ndarray] = {}

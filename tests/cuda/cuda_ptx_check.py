@@ -31,7 +31,8 @@ def cases(quick=False):
             key = (c[0], c[1], c[2].get("layout"), c[2].get("split"), c[2].get("activation"), c[2].get("causal"),
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if c[1] == "attention_vec" else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
-                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"), c[2].get("fold"))
+                   c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"), c[2].get("fold"),
+                   c[2].get("rstats"), c[2].get("pstats"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -110,6 +111,20 @@ def _plain_cases():
                                            has_beta=False, epsilon=1e-5, fold=True, pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
                      a2]
+            # eet.NormLinear with its producer: the producer's epilogue adds the residual and writes the row
+            # statistics (rstats; one k range and 4 of them), the consumer reads them (pstats partials a row)
+            for ksplit, warps, pdl in ((1, 12, True), (4, 12, False)):
+                yield dt, "gemv_mma", dict(mtiles=4, k=768 * ksplit, n=768, vw=4, warps=warps, steps=4,
+                                           ksplit=ksplit, slots=9, activation="none", has_bias=True, rstats=True,
+                                           pdl=pdl), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2,
+                     "float32[:, :, ::1]"]
+            for kind, mt, pdl in (("layer", 4, True), ("rms", 1, False)):
+                yield dt, "gemv_mma", dict(mtiles=mt, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=9,
+                                           activation="gelu_tanh", has_bias=True, norm=kind, add=False,
+                                           has_beta=False, epsilon=1e-5, fold=True, pstats=24, pdl=pdl), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
+                     a2, "float32[:, :, ::1]"]
         yield dt, "swiglu_epilogue", dict(width=2048, has_gate_bias=True, has_up_bias=False), \
             [a2, "float32[::1]", "float32[::1]", a2]
         yield dt, "embedding", dict(hidden=768, threads=128, has_positions=True, has_token_types=True, has_norm=True,

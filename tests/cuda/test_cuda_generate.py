@@ -319,14 +319,20 @@ def test_sim_folded_session_shares_its_weights(monkeypatch):
     """A float16 session where gemv_mma runs folds each norm's gamma/beta into the Linears that read it on the
     session's graph (eetjit.plan.norm_linear.fold_norm_affine): the generation graph's NormLinears take the same
     weight arrays as Session.run's Linears (one device copy), gamma = 1 and no beta; 3 rows run the folded gemv_mma
-    prologue; the tokens equal an unfolded session's."""
+    prologue. From EETJIT_GEMV_MMA_STATS_MIN_M rows (2 here), the Linear that makes a residual sum goes into the
+    NormLinear reading it (eetjit.plan.norm_linear.fold_producer_linear: every residual NormLinear, 2 per layer
+    but the first) and gemv_mma runs the pair: the first GEMM adds the residual and writes the row statistics
+    (rstats), the second reads them (pstats). The tokens equal an unfolded session's."""
     if not SIMULATED:
         pytest.skip("simulator run")
     monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_M", "32")
     prompts = PROMPTS[:3]
     monkeypatch.setenv("EETJIT_NORM_FOLD", "0")
-    want = _session("gpt2", "cuda", "float16").generate(prompts, max_new_tokens=2)
+    plain = _session("gpt2", "cuda", "float16")
+    want = plain.generate(prompts, max_new_tokens=2)
+    assert not plain.backend.fold_producer_linear
     monkeypatch.setenv("EETJIT_NORM_FOLD", "1")
+    monkeypatch.setenv("EETJIT_GEMV_MMA_STATS_MIN_M", "2")
     sess = _session("gpt2", "cuda", "float16")
     assert sess.generate(prompts, max_new_tokens=2) == want
     run_weights = {id(n.input(1).const) for n in sess.graph.nodes if n.op_type == "Linear"}
@@ -334,4 +340,10 @@ def test_sim_folded_session_shares_its_weights(monkeypatch):
     assert len(folded) == 2 * len(sess.structure.layers)
     assert all(id(n.input(4).const) in run_weights for n in folded)
     assert all(np.all(n.input(2).const == 1) and n.input(3) is None for n in folded)
-    assert any(dict(memo[2]).get("fold") for memo in sess.backend._kernels if memo[0] == "gemv_mma")
+    pre = [n for n in folded if len(n.inputs) > 6]
+    assert len(pre) == 2 * len(sess.structure.layers) - 1
+    assert all(id(n.input(6).const) in run_weights for n in pre)
+    kernels = [dict(memo[2]) for memo in sess.backend._kernels if memo[0] == "gemv_mma"]
+    assert any(k.get("fold") and not k.get("pstats") for k in kernels)
+    assert any(k.get("rstats") for k in kernels) and any(k.get("pstats") for k in kernels)
+

@@ -221,3 +221,79 @@ def test_fold_needs_constant_operands_and_a_half_dtype(where):
     finally:
         _restore(backend, saved)
     assert get_backend("float32")._fold_norm(*args(node)) is None
+
+
+@settings(SETTINGS, max_examples=2 * EXAMPLES)
+@example(kind="layer", M=pick(9, 32), K0=pick(48, 3072), vw=4, path="stats", has_b0=True, has_bias=True,
+         act="gelu_tanh", dtype="float16", seed=7)              # the producer over k ranges, 2 / 4 row tiles
+@given(kind=st.sampled_from(["layer", "rms"]), M=st.sampled_from(pick((2, 9), (9, 17, 32))),
+       K0=st.sampled_from(pick((16, 48), (768, 3072))), vw=st.sampled_from([2, 4, 8]),
+       path=st.sampled_from(["stats", "kernel"]), has_b0=st.booleans(), has_bias=st.booleans(),
+       act=st.sampled_from(["none", "gelu_tanh"]), dtype=st.sampled_from(["float16", "bfloat16"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_with_producer(where, kind, M, K0, vw, path, has_b0, has_bias, act, dtype, seed):
+    """eet.NormLinear with its summand's Linear (W0, b0; eetjit.plan.norm_linear.fold_producer_linear): sum =
+    x0 W0 + b0 + r. path "stats": gemv_mma runs both GEMMs, the first adding r in its epilogue and writing each
+    strip's row sums and sums of squares (rstats), the second normalizing per output from them (pstats); no norm
+    kernel. Strips of 64 columns (vw = 8) cannot hand them over (a strip's row spans two warps), nor can rows
+    under gemv_mma_stats_min_m (path "kernel"): the Linear, then the NormLinear as usual."""
+    backend, saved = _folded_backend(dtype)
+    saved_stats = backend.gemv_mma_stats_min_m
+    backend.gemv_mma_stats_min_m = M if path == "stats" else M + 1
+    backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=vw)
+    backend.gemv_mma_norm_max_m = 0              # rows never take the norm in the prologue: only the stats path
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(seed)
+        E, N = pick(32, 768), pick(16, 96)
+        x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E))
+        W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,)) if has_b0 else None
+        gamma = values(rng, (E,))
+        beta = values(rng, (E,)) if kind == "layer" else None
+        W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,)) if has_bias else None
+        inputs = [x0, r, gamma, beta, W, bias, W0, b0]
+        g, node = single_node("NormLinear", inputs, {"norm": kind, "add": 1, "epsilon": 1e-5, "activation": act,
+                                                     "pre": 1}, const={2, 3, 4, 5, 6, 7}, outputs=2)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        from eetjit.fused.op_linear import linear
+        z = linear(rounded(x0, dtype), rounded(W0, dtype), b0)
+        assert_close(got, _want(z, r, gamma, beta, W, bias, kind, act, None, dtype), dtype,
+                     max(1.0, np.sqrt(max(E, K0)) / 4))
+        kernels = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+        handed = path == "stats" and vw <= 4
+        assert any(k.get("rstats") for k in kernels) == handed
+        assert any(k.get("pstats") for k in kernels) == handed
+        assert bool(_ran(backend) & NORM_KERNELS) == (not handed)
+    finally:
+        backend.gemv_mma_stats_min_m = saved_stats
+        _restore(backend, saved)
+
+
+@pytest.mark.parametrize("offset", [0.0, 6.0])
+def test_producer_statistics_rows_far_from_zero_mean(where, offset):
+    """The handed-over statistics are sums and sums of squares (var = E[x^2] - mean^2, float32): rows offset by 6
+    (spread ~1.1) stay within the unfused chain's tolerance."""
+    backend, saved = _folded_backend("float16")
+    saved_stats = backend.gemv_mma_stats_min_m
+    backend.gemv_mma_stats_min_m, backend.gemv_mma_norm_max_m = 1, 0
+    backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=4)
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(12)
+        M, K0, E, N = 9, pick(32, 768), pick(32, 768), pick(16, 96)
+        x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E)) + offset
+        W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,))
+        gamma, beta = values(rng, (E,)), values(rng, (E,))
+        W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,))
+        inputs = [x0, r, gamma, beta, W, bias, W0, b0]
+        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "pre": 1},
+                              const={2, 3, 4, 5, 6, 7}, outputs=2)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        assert any(dict(memo[2]).get("pstats") for memo in backend._kernels if memo[0] == "gemv_mma")
+        from eetjit.fused.op_linear import linear
+        z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
+        assert_close(got, _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16"), "float16",
+                     max(1.0, np.sqrt(E) / 4))
+    finally:
+        backend.gemv_mma_stats_min_m = saved_stats
+        _restore(backend, saved)

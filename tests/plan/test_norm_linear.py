@@ -217,3 +217,118 @@ def test_fold_affine_stores_the_rounded_weight():
     got = lin.input(1).const
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, (W * gamma[:, None].astype(np.float32)).astype(np.float16))
+
+
+# --- fold_producer_linear: the Linear making a residual summand goes into the NormLinear reading the sum ----------
+@pytest.mark.parametrize("name, per_layer", [("gpt2-ts17-eager", 2), ("gpt2-dyn18-sdpa", 2),
+                                             ("llama-dyn18-sdpa", 1)])
+def test_fold_producer_counts(name, per_layer):
+    """After fold_norm_linear, every residual NormLinear (add = 1) takes the Linear that makes its summand: GPT-2's
+    ln_2 (the attention output projection) and every ln_1 but the first layer's (the previous MLP's down
+    projection); LLaMA's input norms but the first. The first layer's ln_1 reads the embedding: left."""
+    from eetjit.plan.norm_linear import fold_producer_linear
+    gen, s = _generation_graph(name)
+    fold_norm_linear(gen.graph)
+    before = _hist(gen.graph)
+    want = per_layer * len(s.layers) - 1
+    assert fold_producer_linear(gen.graph) == want
+    after = _hist(gen.graph)
+    assert after["NormLinear"] == before["NormLinear"]
+    assert after["Linear"] == before["Linear"] - want
+    pre = [n for n in gen.graph.nodes if n.op_type == "NormLinear" and n.attrs.get("pre")]
+    assert len(pre) == want and all(len(n.inputs) == 8 and n.input(6).is_const for n in pre)
+    assert fold_producer_linear(gen.graph) == 0      # nothing left to fold
+
+
+@pytest.mark.parametrize("name", ["gpt2-ts17-eager", "llama-dyn18-sdpa"])
+def test_fold_producer_computes_the_same_logits(name):
+    """The prompt pass with the producers folded equals the graph with only the norms folded (CPU backend)."""
+    from eetjit.backends.cpu import CpuBackend
+    from eetjit.plan.generation import POSITIONS, START, STEP, cache_names
+    from eetjit.plan.norm_linear import fold_producer_linear
+    from eetjit.runtime.plan import ExecutionPlan
+    gen, s = _generation_graph(name)
+    fold_norm_linear(gen.graph)
+    folded = gen.graph.copy()
+    assert fold_producer_linear(folded) > 0
+    B, P, T = 2, 5, 8
+    rng = np.random.default_rng(0)
+    feeds = {gen.input_ids: rng.integers(0, s.vocab, (B, P)), POSITIONS: np.tile(np.arange(P), (B, 1)),
+             START: np.zeros(B, np.int64), STEP: np.zeros(1, np.int64)}
+    outs = []
+    for g in (gen.graph, folded):
+        run = dict(feeds)
+        for i, layer in enumerate(s.layers):
+            for c in cache_names(i):
+                run[c] = np.zeros((B, layer.kv_num_heads, T, layer.head_dim), np.float32)
+        outs.append(ExecutionPlan(g, CpuBackend(verbose=False), verbose=False).run(run)[0])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
+def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_reader=False, output=False,
+                             weight_const=True):
+    """A graph: Linear(x) -> z; AddLayerNorm(z, r) (z its input `summand`) -> Linear, folded by
+    fold_norm_linear into a NormLinear; options that must keep the producer out."""
+    rng = np.random.default_rng(4)
+    g = Graph("t")
+    K0, E, N = 6, 8, 12
+    x, r = g.value("x", np.float32, (1, 2, K0)), g.value("r", np.float32, (1, 2, E))
+    g.inputs = [x, r]
+    if weight_const:
+        W0 = g.constant(values(rng, (K0, E)), "W0")
+    else:
+        W0 = g.value("W0", np.float32, (K0, E))
+        g.inputs.append(W0)
+    attrs = {"activation": activation}
+    if split:
+        attrs["split"] = [E // 2, E // 2]
+    prod = g.add_node("Linear", [x, W0, g.constant(values(rng, (E,)), "b0")], 2 if split else 1, attrs,
+                      domain="eet")
+    z = prod.outputs[0]
+    if split:
+        z = g.add_node("Concat", list(prod.outputs), 1, {"axis": -1}).outputs[0]
+    ins = [z, r] if summand == 0 else [r, z]
+    norm = g.add_node("AddLayerNorm", ins + [g.constant(values(rng, (E,)), "gamma"),
+                                             g.constant(values(rng, (E,)), "beta")], 2, {"epsilon": 1e-5},
+                      domain="eet")
+    lin = g.add_node("Linear", [norm.outputs[0], g.constant(values(rng, (E, N)), "W"),
+                                g.constant(values(rng, (N,)), "bias")], 1, {"activation": "gelu_tanh"}, domain="eet")
+    g.outputs = [lin.outputs[0], norm.outputs[1]]
+    if extra_reader:
+        g.outputs.append(g.add_node("Identity", [z], 1).outputs[0])
+    if output:
+        g.outputs.append(z)
+    assert fold_norm_linear(g) == 1
+    return g
+
+
+@pytest.mark.parametrize("summand", [0, 1])
+def test_fold_producer_small_graph_numbers(summand):
+    """One NormLinear with the producer's W0/b0 (either summand), equal to the pair it replaces (reference)."""
+    from eetjit.plan.norm_linear import fold_producer_linear
+    from eetjit.reference.executor import run_graph
+    g = _linear_then_norm_linear(summand)
+    rng = np.random.default_rng(5)
+    feeds = {"x": values(rng, (1, 2, 6)), "r": values(rng, (1, 2, 8))}
+    want = run_graph(g, feeds)
+    folded = g.copy()
+    assert fold_producer_linear(folded) == 1
+    assert [n.op_type for n in folded.nodes] == ["NormLinear"]
+    node = folded.nodes[0]
+    assert node.attrs["pre"] == 1 and [v.name for v in node.inputs[:2]] == ["x", "r"]
+    got = run_graph(folded, feeds)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [dict(activation="relu"), dict(split=True), dict(extra_reader=True),
+                                  dict(output=True), dict(weight_const=False)])
+def test_fold_producer_leaves_alone(case):
+    """A producer with an activation or split outputs, its output read by anything else or a graph output, or a
+    weight fed at run time: left as it is."""
+    from eetjit.plan.norm_linear import fold_producer_linear
+    g = _linear_then_norm_linear(**case)
+    ops = [n.op_type for n in g.nodes]
+    assert fold_producer_linear(g) == 0
+    assert [n.op_type for n in g.nodes] == ops
