@@ -47,24 +47,31 @@ def test_fold_counts(name, per_layer):
 def test_folded_graph_computes_the_same_logits(name):
     """The prompt pass of the folded generation graph equals the unfolded one's (CPU backend; NormLinear runs its
     reference there)."""
-    from eetjit.backends.cpu import CpuBackend
-    from eetjit.plan.generation import POSITIONS, START, STEP, cache_names
-    from eetjit.runtime.plan import ExecutionPlan
     gen, s = _generation_graph(name)
     folded = gen.graph.copy()
     assert fold_norm_linear(folded) > 0
+    _same_prompt_logits(gen, s, gen.graph, folded)
+
+
+def _same_prompt_logits(gen, s, *graphs):
+    """The prompt pass of each graph (a generation graph of `gen`, CPU backend, 2 prompts of 5 tokens) gives the
+    first one's logits."""
+    from eetjit.backends.cpu import CpuBackend
+    from eetjit.plan.generation import POSITIONS, START, STEP, cache_names
+    from eetjit.runtime.plan import ExecutionPlan
     B, P, T = 2, 5, 8
     rng = np.random.default_rng(0)
     feeds = {gen.input_ids: rng.integers(0, s.vocab, (B, P)), POSITIONS: np.tile(np.arange(P), (B, 1)),
              START: np.zeros(B, np.int64), STEP: np.zeros(1, np.int64)}
     outs = []
-    for g in (gen.graph, folded):
+    for g in graphs:
         run = dict(feeds)
         for i, layer in enumerate(s.layers):
             for c in cache_names(i):
                 run[c] = np.zeros((B, layer.kv_num_heads, T, layer.head_dim), np.float32)
         outs.append(ExecutionPlan(g, CpuBackend(verbose=False), verbose=False).run(run)[0])
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], rtol=1e-4, atol=1e-4)
 
 
 def _norm_then_linear(kind="AddLayerNorm", extra_reader=None, weight_const=True, output=False):
@@ -243,26 +250,12 @@ def test_fold_producer_counts(name, per_layer):
 @pytest.mark.parametrize("name", ["gpt2-ts17-eager", "llama-dyn18-sdpa"])
 def test_fold_producer_computes_the_same_logits(name):
     """The prompt pass with the producers folded equals the graph with only the norms folded (CPU backend)."""
-    from eetjit.backends.cpu import CpuBackend
-    from eetjit.plan.generation import POSITIONS, START, STEP, cache_names
     from eetjit.plan.norm_linear import fold_producer_linear
-    from eetjit.runtime.plan import ExecutionPlan
     gen, s = _generation_graph(name)
     fold_norm_linear(gen.graph)
     folded = gen.graph.copy()
     assert fold_producer_linear(folded) > 0
-    B, P, T = 2, 5, 8
-    rng = np.random.default_rng(0)
-    feeds = {gen.input_ids: rng.integers(0, s.vocab, (B, P)), POSITIONS: np.tile(np.arange(P), (B, 1)),
-             START: np.zeros(B, np.int64), STEP: np.zeros(1, np.int64)}
-    outs = []
-    for g in (gen.graph, folded):
-        run = dict(feeds)
-        for i, layer in enumerate(s.layers):
-            for c in cache_names(i):
-                run[c] = np.zeros((B, layer.kv_num_heads, T, layer.head_dim), np.float32)
-        outs.append(ExecutionPlan(g, CpuBackend(verbose=False), verbose=False).run(run)[0])
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    _same_prompt_logits(gen, s, gen.graph, folded)
 
 
 def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_reader=False, output=False,
@@ -274,26 +267,25 @@ def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_re
     K0, E, N = 6, 8, 12
     x, r = g.value("x", np.float32, (1, 2, K0)), g.value("r", np.float32, (1, 2, E))
     g.inputs = [x, r]
+    N0 = 2 * E if split else E                   # split: [z, another output], z feeding the norm
     if weight_const:
-        W0 = g.constant(values(rng, (K0, E)), "W0")
+        W0 = g.constant(values(rng, (K0, N0)), "W0")
     else:
-        W0 = g.value("W0", np.float32, (K0, E))
+        W0 = g.value("W0", np.float32, (K0, N0))
         g.inputs.append(W0)
     attrs = {"activation": activation}
     if split:
-        attrs["split"] = [E // 2, E // 2]
-    prod = g.add_node("Linear", [x, W0, g.constant(values(rng, (E,)), "b0")], 2 if split else 1, attrs,
+        attrs["split"] = [E, E]
+    prod = g.add_node("Linear", [x, W0, g.constant(values(rng, (N0,)), "b0")], 2 if split else 1, attrs,
                       domain="eet")
     z = prod.outputs[0]
-    if split:
-        z = g.add_node("Concat", list(prod.outputs), 1, {"axis": -1}).outputs[0]
     ins = [z, r] if summand == 0 else [r, z]
     norm = g.add_node("AddLayerNorm", ins + [g.constant(values(rng, (E,)), "gamma"),
                                              g.constant(values(rng, (E,)), "beta")], 2, {"epsilon": 1e-5},
                       domain="eet")
     lin = g.add_node("Linear", [norm.outputs[0], g.constant(values(rng, (E, N)), "W"),
                                 g.constant(values(rng, (N,)), "bias")], 1, {"activation": "gelu_tanh"}, domain="eet")
-    g.outputs = [lin.outputs[0], norm.outputs[1]]
+    g.outputs = [lin.outputs[0], norm.outputs[1]] + list(prod.outputs[1:])
     if extra_reader:
         g.outputs.append(g.add_node("Identity", [z], 1).outputs[0])
     if output:
