@@ -451,10 +451,11 @@ class CudaBackend:
                 return self._upload_const(colsum(), np.float32) if kind == "layer" else self._dummy1()
         has_beta = kind == "layer" and beta is not None
 
-        def run_norm_linear(x, bx, inputs, out):
+        def run_norm_linear(x, bx, inputs, out, s=None):
             g, bt = gamma_of(inputs), beta_of(inputs)
             shape = tuple(np.broadcast_shapes(x.shape, bx.shape)) if add else tuple(x.shape)
-            s = self._output(out, n_out, shape) if add else None
+            if add and s is None:
+                s = self._output(out, n_out, shape)
             norm_inputs = [x] + ([bx] if add else []) + [g] + ([bt] if kind == "layer" else [])
             pro = _NormPrologue(self, kind, add, eps, has_beta, x, bx, g, bt if has_beta else None, s, shape,
                                 lambda y: run_norm(norm_inputs, [y, s] if add else [y]), colsum_dev)
@@ -490,33 +491,34 @@ class CudaBackend:
             zshape = tuple(x0.shape[:-1]) + (E,)
             shape = tuple(np.broadcast_shapes(zshape, r.shape))
             M = math.prod(shape[:-1])
+            s = self._output(out, n_out, shape)
             if colsum_dev is not None and zshape == shape == tuple(r.shape) and r.flags.c_contiguous:
-                s = self._output(out, n_out, shape)
+                x0_MK = self._contiguous(x0).reshape(M, gemm0.K)
                 gemm1, N1 = run_linear.gemm_for([None, _input(inputs, 4), _input(inputs, 5)])[:2]
-                stats = self._stats_path(M, self._contiguous(x0).reshape(M, gemm0.K), gemm0, s.reshape(M, E),
-                                         gemm1, N1, scratch)
+                stats = self._stats_path(M, x0_MK, gemm0, s.reshape(M, E), gemm1, N1, scratch)
                 if stats is not None:
                     pro = _NormPrologue(self, kind, False, eps, False, s, None, gamma_of(inputs), None, None, shape,
                                         None, colsum_dev, stats=stats)
-                    self._gemv_mma(scratch, gemm0.W_KN, bias0, node.input(7) is not None, "none",
-                                   self._contiguous(x0).reshape(M, gemm0.K), s.reshape(M, E), None,
-                                   (r.reshape(M, E), stats))
+                    self._gemv_mma(scratch, gemm0.W_KN, bias0, node.input(7) is not None, "none", x0_MK,
+                                   s.reshape(M, E), None, (r.reshape(M, E), stats))
                     ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
                                     None if out is None else list(out[:n_out]), pro)
                     return list(ys) + [s]
             z = self._shared_scratch.get("pre", zshape, self.dtype)     # one block for every such op (a prompt's)
             run_pre(pre_inputs, [z])
-            return run_norm_linear(z, r, inputs, out)
+            return run_norm_linear(z, r, inputs, out, s)
         return run
 
     def _stats_path(self, M, x0_MK, gemm0, s_ME, gemm1, N1, scratch):
         """The row-statistics scratch [strips, M, 2] of _pre_linear's two-GEMM path when it runs at M rows (from
         gemv_mma_stats_min_m rows, gemv_mma fitting both GEMMs, strips of at most 32 columns: one warp's shuffles
-        add a strip's row), else None."""
+        add a strip's row; the second GEMM's block has a lane for each of its row tiles' rows), else None. The
+        second GEMM then takes the prologue (_gemv_takes: the same conditions)."""
         vw = self.gemv_mma_tune["vw"]
         E = s_ME.shape[1]
         if not (M >= self.gemv_mma_stats_min_m and M > self.gemv_max_m and self.gemv_norm and 8 * vw <= 32
-                and self._mma_fits(x0_MK, E, gemm0.W_KN) and self._mma_fits(s_ME, N1, gemm1.W_KN)):
+                and self._mma_fits(x0_MK, E, gemm0.W_KN) and self._mma_fits(s_ME, N1, gemm1.W_KN)
+                and 8 * -(-M // 8) <= 32 * self._mma_ksplit(E)[1]):
             return None
         return scratch.get("stats", (-(-E // (8 * vw)), M, 2), np.float32)
 
@@ -530,7 +532,8 @@ class CudaBackend:
     def fold_producer_linear(self) -> bool:
         """Whether generation graphs fold a residual sum's Linear into the NormLinear that reads the sum
         (eetjit.plan.norm_linear.fold_producer_linear): where gemv_mma can hand the row statistics over."""
-        return self.fold_norm_affine and self.gemv_mma_stats_min_m <= self.gemv_mma_max_m
+        return (self.fold_norm_affine and self.gemv_norm and self.gemv_mma_tune["vw"] <= 4
+                and self.gemv_mma_stats_min_m <= self.gemv_mma_max_m)
 
     def _fold_norm(self, node, kind, gamma, beta, W, bias):
         """(gamma, beta, W, bias, colsum) of a NormLinear in the folded form (gamma = 1, no beta, W' = diag(gamma)
@@ -780,7 +783,8 @@ class CudaBackend:
         """Whether a GEMV computes this norm prologue itself, every operand of the norm contiguous and aligned:
         gemv_nk where it runs, K up to GEMV_NORM_MAX_K (each lane group holds the row in registers); gemv_mma
         where it runs with one k range (a block holds all of K, so it can take the rows' statistics), up to
-        gemv_mma_norm_max_m rows."""
+        gemv_mma_norm_max_m rows; with the statistics from memory (prologue.stats, _pre_linear) gemv_mma
+        wherever it runs."""
         M, K = x_MK.shape
         if not (self.gemv_norm and prologue.fits(M, K, self.dev.simulated)):
             return False
@@ -1387,7 +1391,9 @@ def _mma_slot_bytes(M, vw) -> int:
 class _NormPrologue:
     """The x of a NormLinear's GEMM: the norm of a (+ b), over the last dim. `fits`/`gemv_args` hand it to
     gemv_nk's or gemv_mma's prologue (one launch, the sum stored by the GEMV); `normed()` runs the norm kernel
-    instead, into a row block shared by every NormLinear (they run one after another), and returns it."""
+    instead, into a row block shared by every NormLinear (they run one after another), and returns it. With
+    `stats` (_pre_linear: a is the stored sum, its row statistics written by the GEMM that made it) only
+    gemv_mma's folded prologue takes it, and there is no norm kernel to fall back on."""
 
     def __init__(self, backend, kind, add, eps, has_beta, a, b, gamma, beta, sum_, shape, run_norm, colsum=None,
                  stats=None):
@@ -1430,6 +1436,8 @@ class _NormPrologue:
         return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)
 
     def normed(self):
+        if self.run_norm is None:
+            raise RuntimeError("a NormLinear's row statistics were written for gemv_mma, which did not take them")
         y = self.backend._shared_scratch.get("norm", self.shape, self.backend.dtype)
         self.run_norm(y)
         return y

@@ -12,7 +12,7 @@ H heads, Hkv key/value heads, D head dim, K/N GEMM dims.
 | RMSNorm       | x[..., E], gamma[E]                                  | epsilon                                 | y |
 | AddRMSNorm    | a, b, gamma                                          | epsilon                                 | y, sum |
 | Linear        | x[..., K], W[K, N], bias[N]?                         | activation: none/gelu_erf/gelu_tanh/relu/silu; split: [N0, N1, ...] (outputs are slices of the last dim) | y (or one per split) |
-| NormLinear    | a[..., K], b?, gamma[K], beta?, W[K, N], bias[N]?, W0[K0, K]?, b0[K]? | norm: layer/rms; add: 0/1; epsilon; activation; split; pre: 0/1 | the Linear's outputs, then sum=a+b when add |
+| NormLinear    | a[..., K] (with W0: [..., K0]), b?, gamma[K], beta?, W[K, N], bias[N]?, W0[K0, K]?, b0[K]? | norm: layer/rms; add: 0/1; epsilon; activation; split; pre: 0/1 | the Linear's outputs, then sum=a+b when add |
 | SwiGLU        | x[..., K], W_gate[K, F], W_up[K, F], b_gate?, b_up?  |                                         | silu(x W_gate + b) * (x W_up + b) |
 | Embedding     | ids[B, S], positions[B|1, S]?, wte[V, E], wpe[P, E]?, type_ids?, wtt?, gamma?, beta? | epsilon | h[B, S, E] |
 | PadInfo       | attention_mask[B, S] (0/1, ones contiguous)          |                                         | ranges[B, 2] int64: first and one-past-last valid column |

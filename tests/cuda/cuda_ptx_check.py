@@ -113,15 +113,16 @@ def _plain_cases():
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
                      a2]
             # eet.NormLinear with its producer: the producer's epilogue adds the residual and writes the row
-            # statistics (rstats; one k range and 4 of them), the consumer reads them (pstats partials a row)
+            # statistics (rstats; one k range and 4 of them), the consumer reads them (pstats partials a row; one
+            # k range and 2)
             for ksplit, warps, pdl in ((1, 12, True), (4, 12, False)):
                 yield dt, "gemv_mma", dict(mtiles=4, k=768 * ksplit, n=768, vw=4, warps=warps, steps=4,
                                            ksplit=ksplit, slots=9, activation="none", has_bias=True, rstats=True,
                                            pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2,
                      "float32[:, :, ::1]"]
-            for kind, mt, pdl in (("layer", 4, True), ("rms", 1, False)):
-                yield dt, "gemv_mma", dict(mtiles=mt, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=9,
+            for kind, mt, ks, pdl in (("layer", 4, 1, True), ("rms", 1, 1, False), ("layer", 4, 2, False)):
+                yield dt, "gemv_mma", dict(mtiles=mt, k=768 * ks, n=2304, vw=4, warps=12, steps=4, ksplit=ks, slots=9,
                                            activation="gelu_tanh", has_bias=True, norm=kind, add=False,
                                            has_beta=False, epsilon=1e-5, fold=True, pstats=24, pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",

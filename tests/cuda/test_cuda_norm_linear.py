@@ -224,19 +224,21 @@ def test_fold_needs_constant_operands_and_a_half_dtype(where):
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
-@example(kind="layer", M=pick(9, 32), K0=pick(48, 3072), vw=4, path="stats", has_b0=True, has_bias=True,
-         act="gelu_tanh", dtype="float16", seed=7)              # the producer over k ranges, 2 / 4 row tiles
+@example(kind="layer", M=pick(9, 32), K0=pick(96, 3072), E=pick(96, 1024), vw=4, path="stats", has_b0=True,
+         has_bias=True, act="gelu_tanh", dtype="float16", seed=7)   # both GEMMs over k ranges, 2 / 4 row tiles
 @given(kind=st.sampled_from(["layer", "rms"]), M=st.sampled_from(pick((2, 9), (9, 17, 32))),
-       K0=st.sampled_from(pick((16, 48), (768, 3072))), vw=st.sampled_from([2, 4, 8]),
-       path=st.sampled_from(["stats", "kernel"]), has_b0=st.booleans(), has_bias=st.booleans(),
-       act=st.sampled_from(["none", "gelu_tanh"]), dtype=st.sampled_from(["float16", "bfloat16"]),
-       seed=st.integers(0, 2**32 - 1))
-def test_norm_linear_with_producer(where, kind, M, K0, vw, path, has_b0, has_bias, act, dtype, seed):
+       K0=st.sampled_from(pick((16, 48), (768, 3072))), E=st.sampled_from(pick((32,), (768, 1024))),
+       vw=st.sampled_from([2, 4, 8]), path=st.sampled_from(["stats", "kernel"]), has_b0=st.booleans(),
+       has_bias=st.booleans(), act=st.sampled_from(["none", "gelu_tanh"]),
+       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_with_producer(where, kind, M, K0, E, vw, path, has_b0, has_bias, act, dtype, seed):
     """eet.NormLinear with its summand's Linear (W0, b0; eetjit.plan.norm_linear.fold_producer_linear): sum =
     x0 W0 + b0 + r. path "stats": gemv_mma runs both GEMMs, the first adding r in its epilogue and writing each
     strip's row sums and sums of squares (rstats), the second normalizing per output from them (pstats); no norm
     kernel. Strips of 64 columns (vw = 8) cannot hand them over (a strip's row spans two warps), nor can rows
-    under gemv_mma_stats_min_m (path "kernel"): the Linear, then the NormLinear as usual."""
+    under gemv_mma_stats_min_m (path "kernel"): the Linear, then the NormLinear as usual. Against the rounded
+    NumPy chain; where the statistics were handed over, also against the folded norm of the sum the kernel stored
+    at the dtype's plain tolerance (a strip's statistics lost or counted twice shows there)."""
     backend, saved = _folded_backend(dtype)
     saved_stats = backend.gemv_mma_stats_min_m
     backend.gemv_mma_stats_min_m = M if path == "stats" else M + 1
@@ -245,7 +247,7 @@ def test_norm_linear_with_producer(where, kind, M, K0, vw, path, has_b0, has_bia
     backend._kernels.clear()
     try:
         rng = np.random.default_rng(seed)
-        E, N = pick(32, 768), pick(16, 96)
+        N = pick(16, 96)
         x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E))
         W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,)) if has_b0 else None
         gamma = values(rng, (E,))
@@ -264,15 +266,30 @@ def test_norm_linear_with_producer(where, kind, M, K0, vw, path, has_b0, has_bia
         assert any(k.get("rstats") for k in kernels) == handed
         assert any(k.get("pstats") for k in kernels) == handed
         assert bool(_ran(backend) & NORM_KERNELS) == (not handed)
+        if handed:
+            assert_close(got[:1], [_folded_from_sum(backend, node, kind, got[1], act, dtype)], dtype)
     finally:
         backend.gemv_mma_stats_min_m = saved_stats
         _restore(backend, saved)
 
 
-@pytest.mark.parametrize("offset", [0.0, 6.0])
+def _folded_from_sum(backend, node, kind, s, act, dtype):
+    """act(rstd (s W' - mean colsum(W')) + b') in float64 from the stored sum s, with the weights the backend
+    folded for the node (W' rounded to the storage type as uploaded)."""
+    from eetjit.fused._math import activation
+    _, _, Wf, bf, colsum = backend._fold_norm(node, kind, *(node.input(i) for i in range(2, 6)))
+    s = np.asarray(s, np.float64)
+    mean = s.mean(axis=-1, keepdims=True) if kind == "layer" else 0.0
+    rstd = 1.0 / np.sqrt((s * s).mean(axis=-1, keepdims=True) - mean * mean + 1e-5)
+    y = rstd * (s @ rounded(Wf.const, dtype).astype(np.float64) - mean * colsum()) + (0 if bf is None else bf.const)
+    return activation(y.astype(np.float32), act)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
 def test_producer_statistics_rows_far_from_zero_mean(where, offset):
-    """The handed-over statistics are sums and sums of squares (var = E[x^2] - mean^2, float32): rows offset by 6
-    (spread ~1.1) stay within the unfused chain's tolerance."""
+    """The handed-over statistics are sums and sums of squares (var = E[x^2] - mean^2, float32): rows offset by 30
+    against a spread of ~1.1 (mean^2 / var ~ 750) stay within the unfused chain's tolerance, and within the
+    dtype's plain tolerance of the folded norm of the stored sum."""
     backend, saved = _folded_backend("float16")
     saved_stats = backend.gemv_mma_stats_min_m
     backend.gemv_mma_stats_min_m, backend.gemv_mma_norm_max_m = 1, 0
@@ -294,6 +311,7 @@ def test_producer_statistics_rows_far_from_zero_mean(where, offset):
         z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
         assert_close(got, _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16"), "float16",
                      max(1.0, np.sqrt(E) / 4))
+        assert_close(got[:1], [_folded_from_sum(backend, node, "layer", got[1], "none", "float16")], "float16")
     finally:
         backend.gemv_mma_stats_min_m = saved_stats
         _restore(backend, saved)

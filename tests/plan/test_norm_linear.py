@@ -259,7 +259,7 @@ def test_fold_producer_computes_the_same_logits(name):
 
 
 def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_reader=False, output=False,
-                             weight_const=True):
+                             weight_const=True, bias_const=True):
     """A graph: Linear(x) -> z; AddLayerNorm(z, r) (z its input `summand`) -> Linear, folded by
     fold_norm_linear into a NormLinear; options that must keep the producer out."""
     rng = np.random.default_rng(4)
@@ -276,8 +276,12 @@ def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_re
     attrs = {"activation": activation}
     if split:
         attrs["split"] = [E, E]
-    prod = g.add_node("Linear", [x, W0, g.constant(values(rng, (N0,)), "b0")], 2 if split else 1, attrs,
-                      domain="eet")
+    if bias_const:
+        b0 = g.constant(values(rng, (N0,)), "b0")
+    else:
+        b0 = g.value("b0", np.float32, (N0,))
+        g.inputs.append(b0)
+    prod = g.add_node("Linear", [x, W0, b0], 2 if split else 1, attrs, domain="eet")
     z = prod.outputs[0]
     ins = [z, r] if summand == 0 else [r, z]
     norm = g.add_node("AddLayerNorm", ins + [g.constant(values(rng, (E,)), "gamma"),
@@ -315,10 +319,10 @@ def test_fold_producer_small_graph_numbers(summand):
 
 
 @pytest.mark.parametrize("case", [dict(activation="relu"), dict(split=True), dict(extra_reader=True),
-                                  dict(output=True), dict(weight_const=False)])
+                                  dict(output=True), dict(weight_const=False), dict(bias_const=False)])
 def test_fold_producer_leaves_alone(case):
     """A producer with an activation or split outputs, its output read by anything else or a graph output, or a
-    weight fed at run time: left as it is."""
+    weight or bias fed at run time: left as it is."""
     from eetjit.plan.norm_linear import fold_producer_linear
     g = _linear_then_norm_linear(**case)
     ops = [n.op_type for n in g.nodes]
