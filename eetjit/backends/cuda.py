@@ -495,10 +495,12 @@ class CudaBackend:
             if colsum_dev is not None and zshape == shape == tuple(r.shape) and r.flags.c_contiguous:
                 x0_MK = self._contiguous(x0).reshape(M, gemm0.K)
                 gemm1, N1 = run_linear.gemm_for([None, _input(inputs, 4), _input(inputs, 5)])[:2]
-                stats = self._stats_path(M, x0_MK, gemm0, s.reshape(M, E), gemm1, N1, scratch)
-                if stats is not None:
-                    pro = _NormPrologue(self, kind, False, eps, False, s, None, gamma_of(inputs), None, None, shape,
-                                        None, colsum_dev, stats=stats)
+                stats = self._stats_path(M, x0_MK, gemm0, E, scratch)
+                pro = None if stats is None else _NormPrologue(self, kind, False, eps, False, s, None,
+                                                               gamma_of(inputs), None, None, shape, None,
+                                                               colsum_dev, stats=stats)
+                # the second GEMM asks _gemv_takes too (run_linear): asking it here keeps the two in step
+                if pro is not None and self._gemv_takes(pro, s.reshape(M, E), N1, gemm1.W_KN):
                     self._gemv_mma(scratch, gemm0.W_KN, bias0, node.input(7) is not None, "none", x0_MK,
                                    s.reshape(M, E), None, (r.reshape(M, E), stats))
                     ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
@@ -509,16 +511,13 @@ class CudaBackend:
             return run_norm_linear(z, r, inputs, out, s)
         return run
 
-    def _stats_path(self, M, x0_MK, gemm0, s_ME, gemm1, N1, scratch):
-        """The row-statistics scratch [strips, M, 2] of _pre_linear's two-GEMM path when it runs at M rows (from
-        gemv_mma_stats_min_m rows, gemv_mma fitting both GEMMs, strips of at most 32 columns: one warp's shuffles
-        add a strip's row; the second GEMM's block has a lane for each of its row tiles' rows), else None. The
-        second GEMM then takes the prologue (_gemv_takes: the same conditions)."""
+    def _stats_path(self, M, x0_MK, gemm0, E, scratch):
+        """The row-statistics scratch [strips, M, 2] where _pre_linear's first GEMM can write them at M rows (from
+        gemv_mma_stats_min_m rows, gemv_mma fitting it, strips of at most 32 columns: one warp's shuffles add a
+        strip's row), else None. Whether the second GEMM reads them is _gemv_takes's call."""
         vw = self.gemv_mma_tune["vw"]
-        E = s_ME.shape[1]
-        if not (M >= self.gemv_mma_stats_min_m and M > self.gemv_max_m and self.gemv_norm and 8 * vw <= 32
-                and self._mma_fits(x0_MK, E, gemm0.W_KN) and self._mma_fits(s_ME, N1, gemm1.W_KN)
-                and 8 * -(-M // 8) <= 32 * self._mma_ksplit(E)[1]):
+        if not (M >= self.gemv_mma_stats_min_m and M > self.gemv_max_m and 8 * vw <= 32
+                and self._mma_fits(x0_MK, E, gemm0.W_KN)):
             return None
         return scratch.get("stats", (-(-E // (8 * vw)), M, 2), np.float32)
 
@@ -788,8 +787,10 @@ class CudaBackend:
         M, K = x_MK.shape
         if not (self.gemv_norm and prologue.fits(M, K, self.dev.simulated)):
             return False
-        if prologue.stats is not None:           # the statistics from memory (_pre_linear): any k ranges
-            return M > self.gemv_max_m and prologue.colsum is not None and self._mma_fits(x_MK, N, W_KN)
+        if prologue.stats is not None:
+            # the statistics from memory (_pre_linear): any k ranges; the block needs a lane per row of its tiles
+            return (M > self.gemv_max_m and prologue.colsum is not None and self._mma_fits(x_MK, N, W_KN)
+                    and 8 * -(-M // 8) <= 32 * self._mma_ksplit(K)[1])
         if M > self.gemv_max_m:
             return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN)
                     and self._mma_ksplit(K)[0] == 1)

@@ -105,20 +105,25 @@ def _norm_then_linear(kind="AddLayerNorm", extra_reader=None, weight_const=True,
     return g
 
 
-@pytest.mark.parametrize("kind", ["AddLayerNorm", "LayerNorm"])
-def test_fold_small_graph_numbers(kind):
-    g = _norm_then_linear(kind)
-    rng = np.random.default_rng(2)
-    feeds = {"a": values(rng, (1, 2, 8)), "b": values(rng, (1, 2, 8))}
+def _folds_into_one_node(g, fold, feeds):
+    """A copy of g folded by `fold` (once) into a single NormLinear computing g's outputs (reference executor)."""
     from eetjit.reference.executor import run_graph
     want = run_graph(g, feeds)
     folded = g.copy()
-    assert fold_norm_linear(folded) == 1
+    assert fold(folded) == 1
     assert [n.op_type for n in folded.nodes] == ["NormLinear"]
     got = run_graph(folded, feeds)
     assert len(got) == len(want)
     for x, y in zip(got, want):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    return folded
+
+
+@pytest.mark.parametrize("kind", ["AddLayerNorm", "LayerNorm"])
+def test_fold_small_graph_numbers(kind):
+    rng = np.random.default_rng(2)
+    _folds_into_one_node(_norm_then_linear(kind), fold_norm_linear,
+                         {"a": values(rng, (1, 2, 8)), "b": values(rng, (1, 2, 8))})
 
 
 @pytest.mark.parametrize("case", [dict(extra_reader="linear"), dict(extra_reader="identity"),
@@ -302,20 +307,11 @@ def _linear_then_norm_linear(summand=0, activation="none", split=False, extra_re
 def test_fold_producer_small_graph_numbers(summand):
     """One NormLinear with the producer's W0/b0 (either summand), equal to the pair it replaces (reference)."""
     from eetjit.plan.norm_linear import fold_producer_linear
-    from eetjit.reference.executor import run_graph
-    g = _linear_then_norm_linear(summand)
     rng = np.random.default_rng(5)
-    feeds = {"x": values(rng, (1, 2, 6)), "r": values(rng, (1, 2, 8))}
-    want = run_graph(g, feeds)
-    folded = g.copy()
-    assert fold_producer_linear(folded) == 1
-    assert [n.op_type for n in folded.nodes] == ["NormLinear"]
+    folded = _folds_into_one_node(_linear_then_norm_linear(summand), fold_producer_linear,
+                                  {"x": values(rng, (1, 2, 6)), "r": values(rng, (1, 2, 8))})
     node = folded.nodes[0]
     assert node.attrs["pre"] == 1 and [v.name for v in node.inputs[:2]] == ["x", "r"]
-    got = run_graph(folded, feeds)
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", [dict(activation="relu"), dict(split=True), dict(extra_reader=True),
