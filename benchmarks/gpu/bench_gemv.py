@@ -3,9 +3,10 @@ MLP up with tanh-GELU, MLP down) for `--layers` layers of distinct random float1
 decode step), each variant captured as one CUDA graph per projection (a launch per layer) and replayed.
 
     python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 4,12,4 8,12,4]
-                                        [--vocab 50257 --argmax-tunes 512,32 256,8]
+                                        [--vocab 50257 --argmax-tunes 512,32 256,8] [--nk-vpl 1000 8 4]
 
-Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row, and `gemv_mma.py.j2` with
+Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row (with `--nk-vpl`, once per
+limit on a lane's weight vectors before a column takes more lanes), and `gemv_mma.py.j2` with
 each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
 sum, its floor (the weights' bytes at the measured device-to-device copy bandwidth) and the largest relative
 difference from cuBLASLt's result. With `--vocab V`, also the LM head [hidden, V] (one GEMM; cuBLASLt pads V to a
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--vocab", type=int, default=0, help="also time an LM head of this width and the argmax")
     ap.add_argument("--argmax-tunes", nargs="*", default=[], help="argmax variants: threads,splits")
+    ap.add_argument("--nk-vpl", nargs="*", type=int, default=[],
+                    help="gemv_nk variants at one row: vectors a lane before a column widens (EETJIT_GEMV_NK_MAX_VPL)")
     args = ap.parse_args(argv)
     import cupy
     from bench_decode import copy_bandwidth
@@ -72,10 +75,14 @@ def main(argv=None) -> int:
         floor = sum(K * N * 2 for _, K, N, _ in projections) / bw * 1e6
         print(f"\nM = {M}: us per GEMM ({', '.join(n for n, *_ in projections)}), layer sum, floor {floor:.2f} us")
         ref = None
-        for label, tune in variants + ([("gemv_nk", "nk")] if M == 1 else []):
-            be.gemv_max_m = 1 if tune == "nk" else 0
-            be.gemv_mma_max_m = 0 if tune in (None, "nk") else M
-            if tune not in (None, "nk"):
+        nk = [(f"gemv_nk vpl {v}", ("nk", v)) for v in args.nk_vpl] or [("gemv_nk", ("nk", be.gemv_nk_max_vpl))]
+        for label, tune in variants + (nk if M == 1 else []):
+            is_nk = isinstance(tune, tuple)
+            be.gemv_max_m = M if is_nk else 0
+            be.gemv_mma_max_m = 0 if tune is None or is_nk else M
+            if is_nk:
+                be.gemv_nk_max_vpl = tune[1]
+            elif tune is not None:
                 be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
             times, outs = [], {}
             try:

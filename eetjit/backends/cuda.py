@@ -138,6 +138,14 @@ GEMV_VEC_ENV = "EETJIT_GEMV_VEC"
 GEMV_NK = {"gpu": dict(lanes=32, groups=4), "sim": dict(lanes=4, groups=2)}
 GEMV_NK_ENV = "EETJIT_GEMV_NK"
 GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides GEMV_NK (benchmarks/gpu/ab_decode.sh)
+# ... and past this many 16-byte vectors of the weight row per lane, a column takes twice the lanes (whole warps on the
+# GPU, up to GEMV_NK_MAX_WIDEN times; their sums meet in shared memory), the block keeping its thread count. A lane's
+# loads are all in flight before any arithmetic, so one warp a column held 25 vectors in 170 registers at K = 6400
+# and spilled at K = 11008 (255 registers; widened: 96). Time on the H200 (bench_gemv.py --nk-vpl, session 14):
+# neutral at GPT-2 small/medium/XL-size (the MLP down projections within 1-2%), B1 x 64 decode 0.220 either way
+GEMV_NK_MAX_VPL = {"gpu": 8, "sim": 4}
+GEMV_NK_MAX_WIDEN = 4
+GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
 # where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
@@ -262,6 +270,7 @@ class CudaBackend:
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
+        self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.norm_fold = _env_flag(NORM_FOLD_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
@@ -696,7 +705,7 @@ class CudaBackend:
                     raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
                 self.dev.copy(W_NK, W_KN[:, :N].T)
-            t = self.gemv_nk_tune
+            t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
             self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN, *args)
@@ -770,6 +779,17 @@ class CudaBackend:
         else:
             part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
         self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count, *args)
+
+    def _nk_tune(self, K) -> dict:
+        """gemv_nk's lanes a column and columns a block at depth K: the tune's, the lanes doubled (columns a block
+        halved, down to one) while a lane would read more than gemv_nk_max_vpl vectors of the weight row."""
+        t = dict(self.gemv_nk_tune)
+        for _ in range(GEMV_NK_MAX_WIDEN.bit_length() - 1):
+            if -(-K // (self.per_load * t["lanes"])) <= self.gemv_nk_max_vpl:
+                break
+            t["lanes"] *= 2
+            t["groups"] = max(1, t["groups"] // 2)
+        return t
 
     def _nk_fits(self, x_MK, N) -> bool:
         """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x

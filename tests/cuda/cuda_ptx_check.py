@@ -77,7 +77,9 @@ def _plain_cases():
             yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True,
                                    vec=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
-            yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True), \
+            # past 2048 deep a column takes two warps (GEMV_NK_MAX_VPL), their sums meeting in shared memory
+            yield dt, "gemv_nk", dict(lanes=32 if K <= 2048 else 64, groups=4 if K <= 2048 else 2, m_rows=M, k=K,
+                                      n=N, activation=act, has_bias=True), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if M == 1:      # the NormLinear prologue (q/k/v after an AddLayerNorm; the MLP after an RMSNorm)
                 norm = dict(norm="layer", add=True, has_beta=True) if N == 2304 else \

@@ -101,6 +101,9 @@ def test_swiglu(where, K, F, M, has_gate_bias, has_up_bias, dtype, seed):
 
 # rows, K, N for gemv_mma.py.j2 alone: two 8-row tiles, K over several blocks
 MMA_SHAPE = (pick(9, 32), pick(48, 3072), pick(16, 768))
+# one row deep enough that gemv_nk gives a column more lanes (GEMV_NK_MAX_VPL; on the GPU several warps, the
+# MLP down projection of a GPT-2 XL-size model), the lanes' vectors ragged
+NK_WIDE_SHAPE = (1, pick(136, 6400), pick(5, 1600))
 
 
 def _runs_right(backend, dtype, rng, K, N, act, rows):
@@ -118,7 +121,7 @@ def _runs_right(backend, dtype, rng, K, N, act, rows):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
-                                     MMA_SHAPE])
+                                     NK_WIDE_SHAPE, MMA_SHAPE])
 @pytest.mark.parametrize("kernel", ["nk", "vec", "scalar", "mma"])
 def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
@@ -127,7 +130,7 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel);
     gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
     adding them; otherwise cuBLASLt). Checked to be the variant that ran."""
-    from eetjit.backends.cuda import GEMV_VEC_MAX_M
+    from eetjit.backends.cuda import GEMV_NK, GEMV_VEC_MAX_M
     if (M, K, N) == MMA_SHAPE and kernel != "mma":
         pytest.skip("gemv_mma's shape (two row tiles, k ranges over blocks); the other kernels have the four before it")
     backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar",
@@ -141,6 +144,10 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
         assert ran == ({"mma"} if dtype != "float32" and K % 16 == 0 else set()), ran
     elif kernel == "nk":
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
+        lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
+        assert lanes <= {backend._nk_tune(K)["lanes"]}, lanes
+        if (M, K, N) == NK_WIDE_SHAPE and ran:
+            assert min(lanes) > GEMV_NK[backend.mode]["lanes"], lanes
     else:
         assert ran == {kernel != "scalar" and M <= GEMV_VEC_MAX_M and N % per_load == 0}, ran
     _path(backend, "auto")
