@@ -156,12 +156,19 @@ GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
 # first (EETJIT_GEMV_MMA_NORM_MAX_M overrides).
 GEMV_NORM_MAX_K = 2048
 GEMV_NORM_ENV = "EETJIT_GEMV_NORM"
+# gemv_nk's prologue in the folded form (where the weight is folded, below): the stored row multiplied as it is,
+# the statistics (one pass) applied per output, rstd (x W' - mean colsum(W')) + b', as gemv_mma's fold. The
+# normalize-and-round of every element by every lane group made the unfolded prologue ~4x the plain GEMV's
+# instructions (1465 against 374 PTX at K = 1600, 128 registers against 60; folded: 672, 114). H200 (session 14),
+# B1 x 64 ms/step: GPT-2 XL-size 1.899 -> 1.658, medium 0.533 -> 0.442, small replay 0.214 -> 0.207 (A/B, 2 rounds).
+# EETJIT_GEMV_NK_FOLD=0: unfolded (A/B)
+GEMV_NK_FOLD_ENV = "EETJIT_GEMV_NK_FOLD"
 # float16/bfloat16 sessions where gemv_mma can run: each norm's gamma and beta folded into the Linears that read it
 # (W' = diag(gamma) W, stored rounded; b' = beta W + b; eetjit.plan.norm_linear.fold_norm_affine on the session's
 # graph, so Session.run and generation share one copy of each weight), so every path normalizes without the affine
 # step (the norm kernel with gamma = 1, the GEMVs' prologues alike: no gamma or beta loads) and gemv_mma's prologue
-# multiplies the raw rows and applies the norm per output: rstd (x W' - mean colsum(W')) + b'. Its row statistics
-# come from extra mma's over the same words, so nothing waits for them before the GEMM.
+# (gemv_nk's too, above) multiplies the raw rows and applies the norm per output: rstd (x W' - mean colsum(W')) +
+# b'. gemv_mma's row statistics come from extra mma's over the same words, so nothing waits for them before the GEMM.
 # H200, GPT-2 small decode replay (session 12): B1 x 64 0.229 -> 0.216 ms (gemv_nk's prologue loads no beta),
 # B8 x 256 0.331 -> 0.316; at 32 rows the folded prologue still lost to the norm kernel first (0.640 -> 0.658), so
 # GEMV_MMA_NORM_MAX_M bounds it too. EETJIT_NORM_FOLD=0 keeps gamma in the norm (A/B measurements).
@@ -272,6 +279,7 @@ class CudaBackend:
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
+        self.gemv_nk_fold = _env_flag(GEMV_NK_FOLD_ENV)
         self.norm_fold = _env_flag(NORM_FOLD_ENV)
         self.gemv_mma_max_m = int(os.environ.get(GEMV_MMA_ENV, GEMV_MMA_MAX_M[self.mode]))
         self.gemv_mma_norm_max_m = int(os.environ.get(GEMV_MMA_NORM_ENV, GEMV_MMA_NORM_MAX_M[self.mode]))
@@ -574,7 +582,7 @@ class CudaBackend:
 
         def colsum():
             # the values the GEMM multiplies: rounded once to the storage type, as the upload does (a session's
-            # graph stores them so already; computed only for a NormLinear whose rows reach gemv_mma's prologue)
+            # graph stores them so already; computed only for a NormLinear whose rows reach a folded prologue)
             if not memo:
                 w = W_f.const if W_f.const.dtype == self.dtype else np.asarray(W_f.const, np.float32).astype(self.dtype)
                 memo.append(w.sum(axis=0, dtype=np.float32))
@@ -706,7 +714,7 @@ class CudaBackend:
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
                 self.dev.copy(W_NK, W_KN[:, :N].T)
             t = self._nk_tune(K)
-            extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K)
+            extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
             self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN, *args)
             return True
@@ -1442,8 +1450,9 @@ class _NormPrologue:
             return False
         return simulated or all(_ptr(x) % 16 == 0 for x in arrays)
 
-    def gemv_args(self, M, K, mma=False):
-        """(template consts, kernel args) of the GEMV's prologue; mma: gemv_mma's, folded where the weight is."""
+    def gemv_args(self, M, K, mma=False, fold=False):
+        """(template consts, kernel args) of the GEMV's prologue; mma: gemv_mma's, folded where the weight is;
+        fold: gemv_nk's, folded where the weight is."""
         be = self.backend
         consts = dict(norm=self.kind, add=self.add, epsilon=self.eps, has_beta=self.has_beta)
         b = self.b.reshape(-1, K) if self.add else be._dummy2()
@@ -1452,7 +1461,7 @@ class _NormPrologue:
             if not (mma and self.colsum is not None and not self.add):
                 raise RuntimeError("row statistics from memory are for gemv_mma's folded prologue only")
             return dict(consts, fold=True, pstats=self.stats.shape[0]), (b, self.colsum(), s, self.stats)
-        if mma and self.colsum is not None:
+        if (mma or fold) and self.colsum is not None:
             return dict(consts, fold=True), (b, self.colsum(), s)
         return consts, (b, self.gamma, self.beta if self.has_beta else be._dummy1(), s)
 

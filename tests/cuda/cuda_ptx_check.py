@@ -87,6 +87,10 @@ def _plain_cases():
                 yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True,
                                           epsilon=1e-5, **norm), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", "float32[::1]", a2]
+                if dt != "float32":     # gamma and beta folded into the weight: the norm applied per output
+                    yield dt, "gemv_nk", dict(lanes=32, groups=4, m_rows=M, k=K, n=N, activation=act, has_bias=True,
+                                              epsilon=1e-5, fold=True, **dict(norm, has_beta=False)), \
+                        [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2]
             if M <= 4:
                 yield dt, "gemv", dict(lanes=32, warps=8, rows_per_warp=4, cpl=4 if dt == "float32" else 8,
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,

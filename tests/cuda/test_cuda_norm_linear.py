@@ -76,6 +76,47 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
         backend.gemv_mma_max_m = GEMV_MMA_MAX_M[backend.mode]
 
 
+@settings(SETTINGS, max_examples=2 * EXAMPLES)
+@example(kind="layer", add=True, has_bias=True, M=1, K=pick(40, 1600), b_row=True, offset=30.0,
+         act="none", dtype="float16", seed=5)      # XL's hidden size, rows far from zero mean
+@given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_bias=st.booleans(), M=st.integers(1, 3),
+       K=st.sampled_from(pick((16, 40), (768, 1600, 1000))), b_row=st.booleans(), offset=st.sampled_from([0.0, 6.0]),
+       act=st.sampled_from(["none", "gelu_tanh"]), dtype=st.sampled_from(["float16", "bfloat16"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_nk_folded(where, kind, add, has_bias, M, K, b_row, offset, act, dtype, seed):
+    """gemv_nk.py.j2's folded prologue (gamma and beta in the weight and bias, CudaBackend._fold_norm): the stored
+    row (x + b by packed adds, stored by column 0's group) multiplied as it is, the one-pass statistics applied per
+    output, rstd (x W' - mean colsum(W')) + b', against the rounded unfused chain at its tolerance; rows offset
+    from zero mean lose digits to that subtraction. No norm kernel runs."""
+    backend = get_backend(dtype)
+    saved = backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold
+    # folding needs gemv_mma on (fold_norm_affine); up to 4 rows gemv_nk runs first
+    backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = \
+        4, 10 ** 6, True, True, True
+    backend._kernels.clear()
+    try:
+        rng = np.random.default_rng(seed)
+        a = values(rng, (1, M, K)) + offset
+        b = values(rng, (1, 1 if b_row else M, K)) if add else None
+        gamma = values(rng, (K,))
+        beta = values(rng, (K,)) if kind == "layer" else None
+        N = pick(24, 96)
+        W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
+        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
+        inputs = [a, b, gamma, beta, W, bias]
+        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=1 + add)
+        got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
+        want = _want(a, b, gamma, beta, W, bias, kind, act, None, dtype)
+        if add and b_row:
+            want[-1] = np.broadcast_to(want[-1], (1, M, K))
+        assert_close(got, want, dtype, max(1.0, np.sqrt(K) / 4))
+        assert {dict(memo[2]).get("fold") for memo in backend._kernels if memo[0] == "gemv_nk"} == \
+            ({True} if K % 8 == 0 else set())
+        assert not _ran(backend) & NORM_KERNELS or K % 8
+    finally:
+        backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = saved
+
+
 def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
     """In an ExecutionPlan, a split NormLinear's q/k/v outputs are column views of one block (the GEMV writes them in
     place) and its residual sum a buffer of its own; two planned runs give the first run's numbers."""
