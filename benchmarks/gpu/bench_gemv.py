@@ -4,9 +4,11 @@ decode step), each variant captured as one CUDA graph per projection (a launch p
 
     python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 4,12,4 8,12,4]
                                         [--vocab 50257 --argmax-tunes 512,32 256,8] [--nk-vpl 1000 8 4]
+                                        [--tc-tunes 2,4,4 1,8,4]
 
 Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row (with `--nk-vpl`, once per
-limit on a lane's weight vectors before a column takes more lanes), and `gemv_mma.py.j2` with
+limit on a lane's weight vectors before a column takes more lanes), `gemv_tc` (tensor cores over the same [N, K]
+copy) at up to 8 rows with each `--tc-tunes` tile, and `gemv_mma.py.j2` with
 each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
 sum, its floor (the weights' bytes at the measured device-to-device copy bandwidth) and the largest relative
 difference from cuBLASLt's result. With `--vocab V`, also the LM head [hidden, V] (one GEMM; cuBLASLt pads V to a
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--vocab", type=int, default=0, help="also time an LM head of this width and the argmax")
     ap.add_argument("--argmax-tunes", nargs="*", default=[], help="argmax variants: threads,splits")
+    ap.add_argument("--tc-tunes", nargs="*", default=[],
+                    help="gemv_tc variants at up to 8 rows: ct,warps,unroll (EETJIT_GEMV_TC_TUNE's meaning)")
     ap.add_argument("--nk-vpl", nargs="*", type=int, default=[],
                     help="gemv_nk variants at one row: vectors a lane before a column widens (EETJIT_GEMV_NK_MAX_VPL)")
     args = ap.parse_args(argv)
@@ -76,11 +80,15 @@ def main(argv=None) -> int:
         print(f"\nM = {M}: us per GEMM ({', '.join(n for n, *_ in projections)}), layer sum, floor {floor:.2f} us")
         ref = None
         nk = [(f"gemv_nk vpl {v}", ("nk", v)) for v in args.nk_vpl] or [("gemv_nk", ("nk", be.gemv_nk_max_vpl))]
-        for label, tune in variants + (nk if M == 1 else []):
+        tc = [(f"gemv_tc {v}", ("tc", v)) for v in args.tc_tunes]
+        for label, tune in variants + (nk if M == 1 else []) + (tc if M <= 8 else []):
             is_nk = isinstance(tune, tuple)
             be.gemv_max_m = M if is_nk else 0
             be.gemv_mma_max_m = 0 if tune is None or is_nk else M
-            if is_nk:
+            be.gemv_tc = is_nk and tune[0] == "tc"
+            if be.gemv_tc:
+                be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
+            elif is_nk:
                 be.gemv_nk_max_vpl = tune[1]
             elif tune is not None:
                 be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))

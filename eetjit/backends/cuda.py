@@ -146,6 +146,17 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 GEMV_NK_MAX_VPL = {"gpu": 8, "sim": 4}
 GEMV_NK_MAX_WIDEN = 4
 GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
+# ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 8 rows, no norm prologue): the tensor cores
+# take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
+# values in float32). Tile: ct tiles of 8 columns a block, warps splitting K, unroll chunks of 32 k in flight a warp.
+# Off by default (EETJIT_GEMV_TC=1): H200, bench_gemv.py (session 14), us a layer of 4 GEMMs at one row it does not
+# beat gemv_nk (XL-size 28.2 at best against 26.3; small 9.5 against 8.2), while at 8 rows it beats gemv_mma and
+# cuBLASLt on plain GEMMs (medium 11.9 against 16.8 / 18.8; small 10.2 against 11.9). Those rows' GEMMs all run
+# inside NormLinear pairs (gemv_mma's folded prologue and statistics), which gemv_tc does not take yet.
+GEMV_TC = {"gpu": dict(ct=2, warps=8, unroll=4), "sim": dict(ct=1, warps=2, unroll=2)}
+GEMV_TC_MAX_M = 8
+GEMV_TC_ENV = "EETJIT_GEMV_TC"
+GEMV_TC_TUNE_ENV = "EETJIT_GEMV_TC_TUNE"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
 # where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
@@ -278,6 +289,8 @@ class CudaBackend:
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
+        self.gemv_tc = _env_flag(GEMV_TC_ENV, "0")
+        self.gemv_tc_tune = _env_tune(GEMV_TC_TUNE_ENV, GEMV_TC[self.mode])
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.gemv_nk_fold = _env_flag(GEMV_NK_FOLD_ENV)
         self.norm_fold = _env_flag(NORM_FOLD_ENV)
@@ -713,6 +726,11 @@ class CudaBackend:
                     raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
                 W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
                 self.dev.copy(W_NK, W_KN[:, :N].T)
+            if prologue is None and self.gemv_tc and M <= GEMV_TC_MAX_M and self.dtype != np.float32:
+                t = self.gemv_tc_tune
+                kern = self.kernel("gemv_tc", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
+                self.dev.launch(kern, -(-N // (8 * t["ct"])), 32 * t["warps"], x_MK, W_NK, bias_N, y_MN)
+                return True
             t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)

@@ -40,7 +40,7 @@ def cases(quick=False):
         yield c
 
 
-PDL_OPS = ("gemv_nk", "gemv_mma", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
+PDL_OPS = ("gemv_nk", "gemv_tc", "gemv_mma", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
 
 
 def _cases():
@@ -81,6 +81,9 @@ def _plain_cases():
             yield dt, "gemv_nk", dict(lanes=32 if K <= 2048 else 64, groups=4 if K <= 2048 else 2, m_rows=M, k=K,
                                       n=N, activation=act, has_bias=True), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2]
+            if dt != "float32" and M <= 8:    # the tensor-core GEMV over the same [N, K] copy
+                yield dt, "gemv_tc", dict(ct=2, warps=4, unroll=4, m_rows=M, k=K, n=N, activation=act,
+                                          has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if M == 1:      # the NormLinear prologue (q/k/v after an AddLayerNorm; the MLP after an RMSNorm)
                 norm = dict(norm="layer", add=True, has_beta=True) if N == 2304 else \
                     dict(norm="rms", add=False, has_beta=False)

@@ -23,12 +23,12 @@ def _scale(dtype, K):
 
 @SETTINGS
 @given(K=st.sampled_from(DEPTHS), N=st.sampled_from(WIDTHS), M=st.integers(1, pick(6, 40)),
-       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv-nk", "gemv", "gemv-scalar", "gemv-mma"]),
+       act=st.sampled_from(ACTIVATIONS), has_bias=st.booleans(), path=st.sampled_from(["auto", "gemm", "gemv-nk", "gemv-tc", "gemv", "gemv-scalar", "gemv-mma"]),
        dtype=DTYPES, seed=seeds)
 def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
     simulator's matmul), "gemv-nk" (gemv_nk.py.j2 on a [N, K] copy of the weight, where K is whole 16-byte
-    vectors), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
+    vectors), "gemv-tc" (gemv_tc.py.j2 on the same copy, half dtypes and up to 8 rows), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
     the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads), "gemv-mma"
     (gemv_mma.py.j2 on the tensor cores for any number of rows, where the dtype is a half one and K a multiple of
     16; otherwise cuBLASLt)."""
@@ -48,7 +48,8 @@ def _path(backend, path):
     backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv-mma": 0}.get(path, 10 ** 6)
     backend.gemv_mma_max_m = {"auto": GEMV_MMA_MAX_M[backend.mode], "gemv-mma": 10 ** 6}.get(path, 0)
     backend.gemv_vec = path != "gemv-scalar"
-    backend.gemv_nk = path in ("auto", "gemv-nk")
+    backend.gemv_nk = path in ("auto", "gemv-nk", "gemv-tc")
+    backend.gemv_tc = path == "gemv-tc"
     return backend
 
 
@@ -122,26 +123,29 @@ def _runs_right(backend, dtype, rng, K, N, act, rows):
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
                                      NK_WIDE_SHAPE, MMA_SHAPE])
-@pytest.mark.parametrize("kernel", ["nk", "vec", "scalar", "mma"])
+@pytest.mark.parametrize("kernel", ["nk", "tc", "vec", "scalar", "mma"])
 def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
     chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
     weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
     (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel);
+    gemv_tc.py.j2 (tc: the tensor cores over the same [N, K] copy, for half dtypes up to 8 rows; past that gemv_nk);
     gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
     adding them; otherwise cuBLASLt). Checked to be the variant that ran."""
     from eetjit.backends.cuda import GEMV_NK, GEMV_VEC_MAX_M
     if (M, K, N) == MMA_SHAPE and kernel != "mma":
         pytest.skip("gemv_mma's shape (two row tiles, k ranges over blocks); the other kernels have the four before it")
-    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "vec": "gemv", "scalar": "gemv-scalar",
+    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "tc": "gemv-tc", "vec": "gemv", "scalar": "gemv-scalar",
                                          "mma": "gemv-mma"}[kernel])
     backend._kernels.clear()
     _runs_right(backend, dtype, np.random.default_rng(M * 1000 + K), K, N, "gelu_tanh", [M, M])
     per_load = 4 if dtype == "float32" else 8
     ran = {memo[0][5:] if memo[0] != "gemv" else dict(memo[2]).get("vec") for memo in backend._kernels
-           if memo[0] in ("gemv", "gemv_nk", "gemv_mma")}
+           if memo[0] in ("gemv", "gemv_nk", "gemv_tc", "gemv_mma")}
     if kernel == "mma":
         assert ran == ({"mma"} if dtype != "float32" and K % 16 == 0 else set()), ran
+    elif kernel == "tc":     # float32 or more rows than a tile's 8: gemv_nk
+        assert ran == (set() if K % per_load else {"tc"} if dtype != "float32" and M <= 8 else {"nk"}), ran
     elif kernel == "nk":
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
         lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
