@@ -8,7 +8,7 @@ decode step), each variant captured as one CUDA graph per projection (a launch p
 
 Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row (with `--nk-vpl`, once per
 limit on a lane's weight vectors before a column takes more lanes), `gemv_tc` (tensor cores over the same [N, K]
-copy) at up to 8 rows with each `--tc-tunes` tile, and `gemv_mma.py.j2` with
+copy) at up to 32 rows with each `--tc-tunes` tile, and `gemv_mma.py.j2` with
 each tune "vw,warps,steps" (EETJIT_GEMV_MMA_TUNE's meaning). Prints us per GEMM for each projection, the layer's
 sum, its floor (the weights' bytes at the measured device-to-device copy bandwidth) and the largest relative
 difference from cuBLASLt's result. With `--vocab V`, also the LM head [hidden, V] (one GEMM; cuBLASLt pads V to a
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=0, help="also time an LM head of this width and the argmax")
     ap.add_argument("--argmax-tunes", nargs="*", default=[], help="argmax variants: threads,splits")
     ap.add_argument("--tc-tunes", nargs="*", default=[],
-                    help="gemv_tc variants at up to 8 rows: ct,warps,unroll (EETJIT_GEMV_TC_TUNE's meaning)")
+                    help="gemv_tc variants at up to 32 rows: ct,warps,unroll (EETJIT_GEMV_TC_TUNE's meaning)")
     ap.add_argument("--nk-vpl", nargs="*", type=int, default=[],
                     help="gemv_nk variants at one row: vectors a lane before a column widens (EETJIT_GEMV_NK_MAX_VPL)")
     args = ap.parse_args(argv)
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         ref = None
         nk = [(f"gemv_nk vpl {v}", ("nk", v)) for v in args.nk_vpl] or [("gemv_nk", ("nk", be.gemv_nk_max_vpl))]
         tc = [(f"gemv_tc {v}", ("tc", v)) for v in args.tc_tunes]
-        for label, tune in variants + (nk if M == 1 else []) + (tc if M <= 8 else []):
+        for label, tune in variants + (nk if M == 1 else []) + (tc if M <= 32 else []):
             is_nk = isinstance(tune, tuple)
             be.gemv_max_m = M if is_nk else 0
             be.gemv_mma_max_m = 0 if tune is None or is_nk else M

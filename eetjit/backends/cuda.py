@@ -146,15 +146,16 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 GEMV_NK_MAX_VPL = {"gpu": 8, "sim": 4}
 GEMV_NK_MAX_WIDEN = 4
 GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
-# ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 8 rows, no norm prologue): the tensor cores
+# ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 32 rows, no norm prologue): the tensor cores
 # take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
 # values in float32). Tile: ct tiles of 8 columns a block, warps splitting K, unroll chunks of 32 k in flight a warp.
 # Off by default (EETJIT_GEMV_TC=1): H200, bench_gemv.py (session 14), us a layer of 4 GEMMs at one row it does not
 # beat gemv_nk (XL-size 28.2 at best against 26.3; small 9.5 against 8.2), while at 8 rows it beats gemv_mma and
 # cuBLASLt on plain GEMMs (medium 11.9 against 16.8 / 18.8; small 10.2 against 11.9). Those rows' GEMMs all run
-# inside NormLinear pairs (gemv_mma's folded prologue and statistics), which gemv_tc does not take yet.
+# inside NormLinear pairs (gemv_mma's folded prologue and statistics), which gemv_tc does not take yet. 16-32 rows
+# (two 16-row A tiles a chunk) are not measured yet: bench_gemv.py --rows 16,32 --tc-tunes 2,8,2 1,8,2.
 GEMV_TC = {"gpu": dict(ct=2, warps=8, unroll=4), "sim": dict(ct=1, warps=2, unroll=2)}
-GEMV_TC_MAX_M = 8
+GEMV_TC_MAX_M = 32
 GEMV_TC_ENV = "EETJIT_GEMV_TC"
 GEMV_TC_TUNE_ENV = "EETJIT_GEMV_TC_TUNE"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group

@@ -81,7 +81,7 @@ def _plain_cases():
             yield dt, "gemv_nk", dict(lanes=32 if K <= 2048 else 64, groups=4 if K <= 2048 else 2, m_rows=M, k=K,
                                       n=N, activation=act, has_bias=True), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2]
-            if dt != "float32" and M <= 8:    # the tensor-core GEMV over the same [N, K] copy
+            if dt != "float32":    # the tensor-core GEMV over the same [N, K] copy
                 yield dt, "gemv_tc", dict(ct=2, warps=4, unroll=4, m_rows=M, k=K, n=N, activation=act,
                                           has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if M == 1:      # the NormLinear prologue (q/k/v after an AddLayerNorm; the MLP after an RMSNorm)
@@ -99,6 +99,9 @@ def _plain_cases():
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
                                        has_bias=True, vec=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+        if dt != "float32":     # gemv_tc at 32 rows: two 16-row A tiles a chunk
+            yield dt, "gemv_tc", dict(ct=2, warps=8, unroll=2, m_rows=32, k=768, n=2304, activation="relu",
+                                      has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
         if dt != "float32":     # the tensor-core GEMV of a batch's decode step: 2-, 4- and 8-column weight loads
             for M, K, N, vw, warps, steps, ksplit, slots, act in ((32, 768, 2304, 8, 4, 2, 6, 4, "none"),
                                                                   (8, 3072, 768, 4, 8, 4, 6, 8, "gelu_tanh"),

@@ -28,7 +28,7 @@ def _scale(dtype, K):
 def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     """path: "auto" (the launch table: the GEMV kernel for a few rows), "gemm" (cuBLASLt + epilogue kernel; the
     simulator's matmul), "gemv-nk" (gemv_nk.py.j2 on a [N, K] copy of the weight, where K is whole 16-byte
-    vectors), "gemv-tc" (gemv_tc.py.j2 on the same copy, half dtypes and up to 8 rows), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
+    vectors), "gemv-tc" (gemv_tc.py.j2 on the same copy, half dtypes and up to 32 rows), "gemv" (gemv.py.j2 for any number of rows, K split over several blocks; 16-byte weight loads where
     the width allows, M <= GEMV_VEC_MAX_M), "gemv-scalar" (the same kernel, scalar loads), "gemv-mma"
     (gemv_mma.py.j2 on the tensor cores for any number of rows, where the dtype is a half one and K a multiple of
     16; otherwise cuBLASLt)."""
@@ -105,6 +105,8 @@ MMA_SHAPE = (pick(9, 32), pick(48, 3072), pick(16, 768))
 # one row deep enough that gemv_nk gives a column more lanes (GEMV_NK_MAX_VPL; on the GPU several warps, the
 # MLP down projection of a GPT-2 XL-size model), the lanes' vectors ragged
 NK_WIDE_SHAPE = (1, pick(136, 6400), pick(5, 1600))
+# gemv_tc.py.j2 alone: two 16-row A tiles, the second's upper half past M, K ragged in the simulator
+TC_ROWS_SHAPE = (pick(19, 32), pick(40, 768), pick(24, 2304))
 
 
 def _runs_right(backend, dtype, rng, K, N, act, rows):
@@ -122,19 +124,22 @@ def _runs_right(backend, dtype, rng, K, N, act, rows):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
-                                     NK_WIDE_SHAPE, MMA_SHAPE])
+                                     NK_WIDE_SHAPE, MMA_SHAPE, TC_ROWS_SHAPE])
 @pytest.mark.parametrize("kernel", ["nk", "tc", "vec", "scalar", "mma"])
 def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
     chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
     weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
     (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel);
-    gemv_tc.py.j2 (tc: the tensor cores over the same [N, K] copy, for half dtypes up to 8 rows; past that gemv_nk);
+    gemv_tc.py.j2 (tc: the tensor cores over the same [N, K] copy, for half dtypes up to 32 rows in 16-row tiles;
+    past that gemv_nk);
     gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
     adding them; otherwise cuBLASLt). Checked to be the variant that ran."""
-    from eetjit.backends.cuda import GEMV_NK, GEMV_VEC_MAX_M
+    from eetjit.backends.cuda import GEMV_NK, GEMV_TC_MAX_M, GEMV_VEC_MAX_M
     if (M, K, N) == MMA_SHAPE and kernel != "mma":
         pytest.skip("gemv_mma's shape (two row tiles, k ranges over blocks); the other kernels have the four before it")
+    if (M, K, N) == TC_ROWS_SHAPE and (kernel != "tc" or dtype == "float32"):
+        pytest.skip("gemv_tc's shape (two 16-row tiles)")
     backend = _path(get_backend(dtype), {"nk": "gemv-nk", "tc": "gemv-tc", "vec": "gemv", "scalar": "gemv-scalar",
                                          "mma": "gemv-mma"}[kernel])
     backend._kernels.clear()
@@ -144,8 +149,8 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
            if memo[0] in ("gemv", "gemv_nk", "gemv_tc", "gemv_mma")}
     if kernel == "mma":
         assert ran == ({"mma"} if dtype != "float32" and K % 16 == 0 else set()), ran
-    elif kernel == "tc":     # float32 or more rows than a tile's 8: gemv_nk
-        assert ran == (set() if K % per_load else {"tc"} if dtype != "float32" and M <= 8 else {"nk"}), ran
+    elif kernel == "tc":     # float32 or more rows than GEMV_TC_MAX_M: gemv_nk
+        assert ran == (set() if K % per_load else {"tc"} if dtype != "float32" and M <= GEMV_TC_MAX_M else {"nk"}), ran
     elif kernel == "nk":
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
         lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
