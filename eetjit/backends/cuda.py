@@ -149,7 +149,8 @@ GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
 # ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 32 rows, no norm prologue): the tensor cores
 # take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
 # values in float32). Tile: ct tiles of 8 columns a block, warps splitting K, unroll chunks of 32 k in flight a warp.
-# Off by default (EETJIT_GEMV_TC=1): H200, bench_gemv.py (session 14), us a layer of 4 GEMMs at one row it does not
+# Off by default (EETJIT_GEMV_TC=1 puts it ahead of gemv_mma and gemv_nk for GEMMs without a norm prologue, any
+# row count up to GEMV_TC_MAX_M): H200, bench_gemv.py (session 14), us a layer of 4 GEMMs at one row it does not
 # beat gemv_nk (XL-size 28.2 at best against 26.3; small 9.5 against 8.2), while at 8 rows it beats gemv_mma and
 # cuBLASLt on plain GEMMs (medium 11.9 against 16.8 / 18.8; small 10.2 against 11.9). Those rows' GEMMs all run
 # inside NormLinear pairs (gemv_mma's folded prologue and statistics), which gemv_tc does not take yet. 16-32 rows
@@ -711,9 +712,16 @@ class CudaBackend:
         gemv_nk.py.j2 where it can run; where it cannot (K not whole 16-byte vectors, x strided or unaligned),
         cuBLASLt, which beat gemv.py.j2 (run only with EETJIT_GEMV_NK=0, for A/B). False (nothing done) when
         cuBLASLt should. With a prologue (only where _gemv_takes it; x_MK is then the norm's
-        input a), gemv_nk or gemv_mma computes the norm too."""
+        input a), gemv_nk or gemv_mma computes the norm too. With EETJIT_GEMV_TC=1, a GEMM without a prologue
+        goes to gemv_tc.py.j2 first where it runs (_tc_fits)."""
         M, K = x_MK.shape
         N = y_MN.shape[1]
+        if prologue is None and self._tc_fits(x_MK, N):
+            t = self.gemv_tc_tune
+            kern = self.kernel("gemv_tc", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
+            self.dev.launch(kern, -(-N // (8 * t["ct"])), 32 * t["warps"], x_MK, self._w_nk(gemm, N, K), bias_N,
+                            y_MN)
+            return True
         if M > self.gemv_max_m and self._mma_fits(x_MK, N, gemm.W_KN):
             self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue)
             return True
@@ -721,21 +729,11 @@ class CudaBackend:
             return False
         W_KN = gemm.W_KN
         if self._nk_fits(x_MK, N):
-            W_NK = gemm.W_NK
-            if W_NK is None:                        # N is the node's (unpadded) width: the same every run
-                if self.dev.capturing:
-                    raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
-                W_NK = gemm.W_NK = self.dev.empty((N, K), self.dtype)
-                self.dev.copy(W_NK, W_KN[:, :N].T)
-            if prologue is None and self.gemv_tc and M <= GEMV_TC_MAX_M and self.dtype != np.float32:
-                t = self.gemv_tc_tune
-                kern = self.kernel("gemv_tc", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **t)
-                self.dev.launch(kern, -(-N // (8 * t["ct"])), 32 * t["warps"], x_MK, W_NK, bias_N, y_MN)
-                return True
             t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
-            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, W_NK, bias_N, y_MN, *args)
+            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, self._w_nk(gemm, N, K),
+                            bias_N, y_MN, *args)
             return True
         if self.gemv_nk:
             return False
@@ -817,6 +815,25 @@ class CudaBackend:
             t["lanes"] *= 2
             t["groups"] = max(1, t["groups"] // 2)
         return t
+
+    def _w_nk(self, gemm, N, K):
+        """The [N, K] copy of the GEMM's weight that gemv_nk and gemv_tc read: made on the first call (N is the
+        node's unpadded width, the same every run) and kept by the Gemm."""
+        if gemm.W_NK is None:
+            if self.dev.capturing:
+                raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
+            gemm.W_NK = self.dev.empty((N, K), self.dtype)
+            self.dev.copy(gemm.W_NK, gemm.W_KN[:, :N].T)
+        return gemm.W_NK
+
+    def _tc_fits(self, x_MK, N) -> bool:
+        """Whether gemv_tc.py.j2 runs y[M, N] = x @ W (only with EETJIT_GEMV_TC=1, ahead of gemv_mma and gemv_nk): a
+        card with mma.sync, a half dtype, 1..GEMV_TC_MAX_M rows, N up to gemv_max_n, K whole 16-byte vectors, x
+        contiguous and aligned."""
+        M, K = x_MK.shape
+        return (self.gemv_tc and self.dev.mma_sync and self.dtype != np.float32 and 0 < M <= GEMV_TC_MAX_M
+                and N <= self.gemv_max_n and K > 0 and K % self.per_load == 0 and x_MK.flags.c_contiguous
+                and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
 
     def _nk_fits(self, x_MK, N) -> bool:
         """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x
@@ -1447,8 +1464,9 @@ class _NormPrologue:
                  stats=None):
         self.backend, self.kind, self.add, self.eps, self.has_beta = backend, kind, add, eps, has_beta
         self.b, self.gamma, self.beta, self.sum, self.shape, self.run_norm = b, gamma, beta, sum_, shape, run_norm
-        # gamma folded into the GEMM's weight (CudaBackend._fold_norm): colsum() gives gemv_mma's prologue the
-        # column sums of W' on the device (LayerNorm; a dummy for RMSNorm); None: not folded
+        # gamma folded into the GEMM's weight (CudaBackend._fold_norm): colsum() gives the folded prologues
+        # (gemv_mma's, gemv_nk's) the column sums of W' on the device (LayerNorm; a dummy for RMSNorm); None: not
+        # folded
         self.colsum = colsum
         # the rows' partial sums and sums of squares [strips, M, 2], written by the GEMM that made a (_pre_linear):
         # gemv_mma reads them instead of taking the statistics itself (only gemv_mma: _gemv_takes)

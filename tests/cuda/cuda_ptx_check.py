@@ -55,6 +55,15 @@ def _cases():
             yield dt, op, dict(consts, pdl=True), args
 
 
+def _nk_lanes(K, dt):
+    """gemv_nk's lanes a column at depth K on the GPU (CudaBackend._nk_tune with the default tune and limit)."""
+    from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, GEMV_NK_MAX_WIDEN
+    lanes, per_load = GEMV_NK["gpu"]["lanes"], 4 if dt == "float32" else 8
+    while -(-K // (per_load * lanes)) > GEMV_NK_MAX_VPL["gpu"] and lanes < GEMV_NK["gpu"]["lanes"] * GEMV_NK_MAX_WIDEN:
+        lanes *= 2
+    return lanes
+
+
 def _plain_cases():
     """Every case; `S` stands for the storage element type (bfloat16 arrives as its uint16 bits)."""
     for dt in ("float32", "float16", "bfloat16"):
@@ -77,10 +86,10 @@ def _plain_cases():
             yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True,
                                    vec=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
-            # past 2048 deep a column takes two warps (GEMV_NK_MAX_VPL), their sums meeting in shared memory
-            yield dt, "gemv_nk", dict(lanes=32 if K <= 2048 else 64, groups=4 if K <= 2048 else 2, m_rows=M, k=K,
-                                      n=N, activation=act, has_bias=True), \
-                [a2, f"{S}[:, ::1]", "float32[::1]", a2]
+            # past 8 vectors a lane a column takes 2 or 4 warps (_nk_lanes), their sums meeting in shared memory
+            lanes = _nk_lanes(K, dt)
+            yield dt, "gemv_nk", dict(lanes=lanes, groups=max(1, 128 // lanes), m_rows=M, k=K, n=N, activation=act,
+                                      has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if dt != "float32":    # the tensor-core GEMV over the same [N, K] copy
                 yield dt, "gemv_tc", dict(ct=2, warps=4, unroll=4, m_rows=M, k=K, n=N, activation=act,
                                           has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
@@ -99,6 +108,8 @@ def _plain_cases():
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
                                        has_bias=True, vec=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
+        yield dt, "gemv_nk", dict(lanes=_nk_lanes(6400, dt), groups=1, m_rows=1, k=6400, n=1600, activation="relu",
+                                  has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]    # 4 warps a column
         if dt != "float32":     # gemv_tc at 32 rows: two 16-row A tiles a chunk
             yield dt, "gemv_tc", dict(ct=2, warps=8, unroll=2, m_rows=32, k=768, n=2304, activation="relu",
                                       has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]

@@ -86,8 +86,9 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
 def test_norm_linear_nk_folded(where, kind, add, has_bias, M, K, b_row, offset, act, dtype, seed):
     """gemv_nk.py.j2's folded prologue (gamma and beta in the weight and bias, CudaBackend._fold_norm): the stored
     row (x + b by packed adds, stored by column 0's group) multiplied as it is, the one-pass statistics applied per
-    output, rstd (x W' - mean colsum(W')) + b', against the rounded unfused chain at its tolerance; rows offset
-    from zero mean lose digits to that subtraction. No norm kernel runs."""
+    output, rstd (x W' - mean colsum(W')) + b', against the rounded unfused chain at its tolerance (rows offset
+    from zero mean lose digits to that subtraction) and, at the dtype's plain tolerance, against that formula in
+    float64 from the row it multiplied. No norm kernel runs."""
     backend = get_backend(dtype)
     saved = backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold
     # folding needs gemv_mma on (fold_norm_affine); up to 4 rows gemv_nk runs first
@@ -113,6 +114,9 @@ def test_norm_linear_nk_folded(where, kind, add, has_bias, M, K, b_row, offset, 
         assert {dict(memo[2]).get("fold") for memo in backend._kernels if memo[0] == "gemv_nk"} == \
             ({True} if K % 8 == 0 else set())
         assert not _ran(backend) & NORM_KERNELS or K % 8
+        if K % 8 == 0:      # and at the dtype's plain tolerance, the folded norm of the row the kernel multiplied
+            s = got[1] if add else rounded(a, dtype)
+            assert_close(got[:1], [_folded_from_sum(backend, node, kind, s, act, dtype)], dtype)
     finally:
         backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = saved
 
