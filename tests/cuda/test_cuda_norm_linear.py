@@ -77,18 +77,22 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
-@example(kind="layer", add=True, has_bias=True, M=1, K=pick(40, 1600), b_row=True, offset=30.0,
+@example(kind="layer", add=True, pre=False, has_bias=True, M=1, K=pick(40, 1600), b_row=True, offset=30.0,
          act="none", dtype="float16", seed=5)      # XL's hidden size, rows far from zero mean
-@given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_bias=st.booleans(), M=st.integers(1, 3),
-       K=st.sampled_from(pick((16, 40), (768, 1600, 1000))), b_row=st.booleans(), offset=st.sampled_from([0.0, 6.0]),
-       act=st.sampled_from(["none", "gelu_tanh"]), dtype=st.sampled_from(["float16", "bfloat16"]),
-       seed=st.integers(0, 2**32 - 1))
-def test_norm_linear_nk_folded(where, kind, add, has_bias, M, K, b_row, offset, act, dtype, seed):
+@example(kind="layer", add=True, pre=True, has_bias=True, M=1, K=pick(40, 768), b_row=False, offset=0.0,
+         act="gelu_tanh", dtype="bfloat16", seed=6)     # a decode step's pair: the summand's Linear first
+@given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), pre=st.booleans(), has_bias=st.booleans(),
+       M=st.integers(1, 3), K=st.sampled_from(pick((16, 40), (768, 1600, 1000))), b_row=st.booleans(),
+       offset=st.sampled_from([0.0, 6.0]), act=st.sampled_from(["none", "gelu_tanh"]),
+       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
+def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, offset, act, dtype, seed):
     """gemv_nk.py.j2's folded prologue (gamma and beta in the weight and bias, CudaBackend._fold_norm): the stored
     row (x + b by packed adds, stored by column 0's group) multiplied as it is, the one-pass statistics applied per
     output, rstd (x W' - mean colsum(W')) + b', against the rounded unfused chain at its tolerance (rows offset
     from zero mean lose digits to that subtraction) and, at the dtype's plain tolerance, against that formula in
-    float64 from the row it multiplied. No norm kernel runs."""
+    float64 from the row it multiplied. No norm kernel runs. pre: the NormLinear holds the Linear that makes its
+    summand (W0, b0; fold_producer_linear), which at these rows writes the shared scratch first, as in a one-row
+    decode step."""
     backend = get_backend(dtype)
     saved = backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold
     # folding needs gemv_mma on (fold_norm_affine); up to 4 rows gemv_nk runs first
@@ -97,22 +101,29 @@ def test_norm_linear_nk_folded(where, kind, add, has_bias, M, K, b_row, offset, 
     backend._kernels.clear()
     try:
         rng = np.random.default_rng(seed)
+        add, b_row = add or pre, b_row and not pre
         a = values(rng, (1, M, K)) + offset
         b = values(rng, (1, 1 if b_row else M, K)) if add else None
+        if pre:     # a is the summand's Linear of x0 (stored rounded), its x0 W0 + b0 spread ~1
+            x0, W0, b0 = values(rng, (1, M, K)), values(rng, (K, K)) / np.sqrt(K), values(rng, (K,))
+            from eetjit.fused.op_linear import linear
+            a = linear(rounded(x0, dtype), rounded(W0, dtype), b0) + offset
+            b0 = b0 + offset
         gamma = values(rng, (K,))
         beta = values(rng, (K,)) if kind == "layer" else None
         N = pick(24, 96)
         W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
-        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act}
-        inputs = [a, b, gamma, beta, W, bias]
-        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5}, outputs=1 + add)
+        attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act, **({"pre": 1} if pre else {})}
+        inputs = [x0, b, gamma, beta, W, bias, W0, b0] if pre else [a, b, gamma, beta, W, bias]
+        g, node = single_node("NormLinear", inputs, attrs, const={2, 3, 4, 5, 6, 7} if pre else {2, 3, 4, 5},
+                              outputs=1 + add)
         got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
         want = _want(a, b, gamma, beta, W, bias, kind, act, None, dtype)
         if add and b_row:
             want[-1] = np.broadcast_to(want[-1], (1, M, K))
         assert_close(got, want, dtype, max(1.0, np.sqrt(K) / 4))
         assert {dict(memo[2]).get("fold") for memo in backend._kernels if memo[0] == "gemv_nk"} == \
-            ({True} if K % 8 == 0 else set())
+            (set() if K % 8 else {True, None} if pre else {True})     # pre: the summand's plain GEMV too
         assert not _ran(backend) & NORM_KERNELS or K % 8
         if K % 8 == 0:      # and at the dtype's plain tolerance, the folded norm of the row the kernel multiplied
             s = got[1] if add else rounded(a, dtype)
