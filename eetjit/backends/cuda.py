@@ -293,6 +293,12 @@ class CudaBackend:
         self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
         self.gemv_tc = _env_flag(GEMV_TC_ENV, "0")
         self.gemv_tc_tune = _env_tune(GEMV_TC_TUNE_ENV, GEMV_TC[self.mode])
+        tc = self.gemv_tc_tune
+        if tc["ct"] < 1 or not 1 <= tc["warps"] <= 32 or tc["unroll"] < 1:
+            raise ValueError(f"{GEMV_TC_TUNE_ENV}={tc}: ct (tiles of 8 columns a block) and unroll must be at least 1, "
+                             "warps 1..32")
+        if self.gemv_nk_max_vpl < 1:
+            raise ValueError(f"{GEMV_NK_MAX_VPL_ENV}={self.gemv_nk_max_vpl}: must be at least 1")
         self.gemv_norm = _env_flag(GEMV_NORM_ENV)
         self.gemv_nk_fold = _env_flag(GEMV_NK_FOLD_ENV)
         self.norm_fold = _env_flag(NORM_FOLD_ENV)

@@ -236,3 +236,14 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
     got = dev.to_host(dev.upload_cast(host, dtype, cols))
     assert got.dtype == np.dtype(dtype) and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
+                                         ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
+                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4")])
+def test_gemv_tunes_out_of_range_name_the_variable(where, monkeypatch, name, value):
+    """An A/B knob set to a tile the kernels cannot run is refused when the backend is made, naming the knob."""
+    from eetjit.backends.cuda import CudaBackend
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        CudaBackend("float16", verbose=False)
