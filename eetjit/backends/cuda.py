@@ -234,6 +234,17 @@ def _env_tune(name: str, default: dict) -> dict:
     return dict(zip(default, values))
 
 
+def nk_tune(tune: dict, K: int, per_load: int, max_vpl: int) -> dict:
+    """gemv_nk's lanes a column and columns a block at depth K: `tune`'s, the lanes doubled (columns a block halved,
+    down to one; at most GEMV_NK_MAX_WIDEN times) while a lane would read more than max_vpl 16-byte vectors of the
+    weight row (per_load elements each)."""
+    t, widest = dict(tune), tune["lanes"] * GEMV_NK_MAX_WIDEN
+    while -(-K // (per_load * t["lanes"])) > max_vpl and t["lanes"] < widest:
+        t["lanes"] *= 2
+        t["groups"] = max(1, t["groups"] // 2)
+    return t
+
+
 def _table(rows, value):
     for limit, out in rows:
         if limit is None or value <= limit:
@@ -812,15 +823,7 @@ class CudaBackend:
         self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count, *args)
 
     def _nk_tune(self, K) -> dict:
-        """gemv_nk's lanes a column and columns a block at depth K: the tune's, the lanes doubled (columns a block
-        halved, down to one) while a lane would read more than gemv_nk_max_vpl vectors of the weight row."""
-        t = dict(self.gemv_nk_tune)
-        for _ in range(GEMV_NK_MAX_WIDEN.bit_length() - 1):
-            if -(-K // (self.per_load * t["lanes"])) <= self.gemv_nk_max_vpl:
-                break
-            t["lanes"] *= 2
-            t["groups"] = max(1, t["groups"] // 2)
-        return t
+        return nk_tune(self.gemv_nk_tune, K, self.per_load, self.gemv_nk_max_vpl)
 
     def _w_nk(self, gemm, N, K):
         """The [N, K] copy of the GEMM's weight that gemv_nk and gemv_tc read: made on the first call (N is the
@@ -838,15 +841,18 @@ class CudaBackend:
         contiguous and aligned."""
         M, K = x_MK.shape
         return (self.gemv_tc and self.dev.mma_sync and self.dtype != np.float32 and 0 < M <= GEMV_TC_MAX_M
-                and N <= self.gemv_max_n and K > 0 and K % self.per_load == 0 and x_MK.flags.c_contiguous
+                and N <= self.gemv_max_n and K > 0 and self._rows_of_vectors(x_MK))
+
+    def _rows_of_vectors(self, x_MK) -> bool:
+        """Whether x's rows are whole 16-byte vectors, contiguous and aligned (what gemv_nk and gemv_tc load)."""
+        return (x_MK.shape[1] % self.per_load == 0 and x_MK.flags.c_contiguous
                 and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
 
     def _nk_fits(self, x_MK, N) -> bool:
         """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x
         contiguous and aligned."""
-        M, K = x_MK.shape
-        return (0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and K % self.per_load == 0
-                and x_MK.flags.c_contiguous and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
+        M = x_MK.shape[0]
+        return 0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and self._rows_of_vectors(x_MK)
 
     def _gemv_takes(self, prologue, x_MK, N, W_KN) -> bool:
         """Whether a GEMV computes this norm prologue itself, every operand of the norm contiguous and aligned:

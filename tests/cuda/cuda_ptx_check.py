@@ -56,12 +56,9 @@ def _cases():
 
 
 def _nk_lanes(K, dt):
-    """gemv_nk's lanes a column at depth K on the GPU (CudaBackend._nk_tune with the default tune and limit)."""
-    from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, GEMV_NK_MAX_WIDEN
-    lanes, per_load = GEMV_NK["gpu"]["lanes"], 4 if dt == "float32" else 8
-    while -(-K // (per_load * lanes)) > GEMV_NK_MAX_VPL["gpu"] and lanes < GEMV_NK["gpu"]["lanes"] * GEMV_NK_MAX_WIDEN:
-        lanes *= 2
-    return lanes
+    """gemv_nk's lanes a column at depth K on the GPU (the backend's rule with the default tune and limit)."""
+    from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, nk_tune
+    return nk_tune(GEMV_NK["gpu"], K, 4 if dt == "float32" else 8, GEMV_NK_MAX_VPL["gpu"])["lanes"]
 
 
 def _plain_cases():
