@@ -41,6 +41,8 @@ def main(argv=None) -> int:
                     help="gemv_tc variants at up to 32 rows: ct,warps,unroll (EETJIT_GEMV_TC_TUNE's meaning)")
     ap.add_argument("--nk-vpl", nargs="*", type=int, default=[],
                     help="gemv_nk variants at one row: vectors a lane before a column widens (EETJIT_GEMV_NK_MAX_VPL)")
+    ap.add_argument("--nk-cpg", nargs="*", type=int, default=[],
+                    help="gemv_nk variants at one row: columns a lane group (EETJIT_GEMV_NK_CPG; 0: the rule)")
     args = ap.parse_args(argv)
     import cupy
     from bench_decode import copy_bandwidth
@@ -79,7 +81,9 @@ def main(argv=None) -> int:
         floor = sum(K * N * 2 for _, K, N, _ in projections) / bw * 1e6
         print(f"\nM = {M}: us per GEMM ({', '.join(n for n, *_ in projections)}), layer sum, floor {floor:.2f} us")
         ref = None
-        nk = [(f"gemv_nk vpl {v}", ("nk", v)) for v in args.nk_vpl] or [("gemv_nk", ("nk", be.gemv_nk_max_vpl))]
+        vpl, cpg = be.gemv_nk_max_vpl, be.gemv_nk_cpg
+        nk = ([(f"gemv_nk vpl {v}", ("nk", v, cpg)) for v in args.nk_vpl]
+              + [(f"gemv_nk cpg {c}", ("nk", vpl, c)) for c in args.nk_cpg]) or [("gemv_nk", ("nk", vpl, cpg))]
         tc = [(f"gemv_tc {v}", ("tc", v)) for v in args.tc_tunes]
         for label, tune in variants + (nk if M == 1 else []) + (tc if M <= 32 else []):
             is_nk = isinstance(tune, tuple)
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
             if be.gemv_tc:
                 be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
             elif is_nk:
-                be.gemv_nk_max_vpl = tune[1]
+                be.gemv_nk_max_vpl, be.gemv_nk_cpg = tune[1], tune[2]
             elif tune is not None:
                 be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
             times, outs = [], {}

@@ -75,9 +75,12 @@ ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
 # ATTENTION_VEC_UNROLL_MANY, ATTENTION_VEC_BLOCKS_PER_SM and ATTENTION_VEC_PIPELINE for the vector kernel
 # (benchmarks/gpu/ab_decode.sh)
 ATTENTION_VEC_TUNE_ENV = "EETJIT_ATTENTION_VEC_TUNE"
-# flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns
+# flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns. H200, GPT-2
+# small B1 x 64 + 128 new (session 15, replay ms/step): 0.209 with 3 splits of at most 64 columns a head; one block a
+# head (MIN_CHUNK 256) 0.222, with 256 / 512 threads 0.231 / 0.252; 256 threads split 0.211
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
 ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
+ATTENTION_MIN_CHUNK_ENV = "EETJIT_ATTENTION_MIN_CHUNK"   # A/B knob: overrides ATTENTION_MIN_CHUNK
 # A launch of at least ATTENTION_DYNAMIC_SPLITS splits (the launch is sized by the cache capacity) runs only the
 # splits that hold live columns, and a row of at most ATTENTION_SINGLE_COLS of them in its first block alone: no
 # partials to publish, count and merge. H100, B1 decode attention (11 splits): 8.4 -> 5.3 us at 96 columns, 8.0 ->
@@ -146,6 +149,15 @@ GEMV_NK_TUNE_ENV = "EETJIT_GEMV_NK_TUNE"   # A/B knob: "lanes,groups" overrides 
 GEMV_NK_MAX_VPL = {"gpu": 8, "sim": 4}
 GEMV_NK_MAX_WIDEN = 4
 GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
+# ... and a group takes GEMV_NK_CPG_THIN adjacent columns (their weight loads all issued before the wait, x's row and
+# its norm statistics taken once for them) where the lanes' last round of 16-byte vectors is thin (at most a quarter
+# of the lanes), one otherwise. An empirical rule, not understood: H200, bench_gemv.py --rows 1 --nk-cpg (session
+# 15), us a layer of 4 GEMVs at 1 / 2 columns a group: hidden 1600 (K = 1600 and 6400: a quarter of the lanes in the
+# last round) 26.1 / 24.7, every GEMM faster (decode of the XL-size model 1.65 -> 1.56 ms/step); hidden 1200 (K =
+# 1200, 4800: two thirds) 13.7 / 13.9; whole rounds (hidden 768, 1024, 1280, 2048) 1-10% slower at 2, and slower
+# still at 3 or 4 (register growth: 60 -> 102 -> 131 -> 160 at K = 1600).
+GEMV_NK_CPG_THIN = 2
+GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every gemv_nk; 0 (default): the rule
 # ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 32 rows, no norm prologue): the tensor cores
 # take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
 # values in float32). Tile: ct tiles of 8 columns a block, warps splitting K, unroll chunks of 32 k in flight a warp.
@@ -234,14 +246,18 @@ def _env_tune(name: str, default: dict) -> dict:
     return dict(zip(default, values))
 
 
-def nk_tune(tune: dict, K: int, per_load: int, max_vpl: int) -> dict:
-    """gemv_nk's lanes a column and columns a block at depth K: `tune`'s, the lanes doubled (columns a block halved,
-    down to one; at most GEMV_NK_MAX_WIDEN times) while a lane would read more than max_vpl 16-byte vectors of the
-    weight row (per_load elements each)."""
+def nk_tune(tune: dict, K: int, per_load: int, max_vpl: int, cpg: int = 0) -> dict:
+    """gemv_nk's lanes a column, columns a block and columns a group at depth K: `tune`'s, the lanes doubled (columns
+    a block halved, down to one; at most GEMV_NK_MAX_WIDEN times) while a lane would read more than max_vpl 16-byte
+    vectors of the weight row (per_load elements each); cpg columns a group, 0: GEMV_NK_CPG's rule."""
     t, widest = dict(tune), tune["lanes"] * GEMV_NK_MAX_WIDEN
     while -(-K // (per_load * t["lanes"])) > max_vpl and t["lanes"] < widest:
         t["lanes"] *= 2
         t["groups"] = max(1, t["groups"] // 2)
+    nv = K // per_load
+    # whole rounds of the lanes' vectors, then a last round of at most a quarter of the lanes
+    thin = nv > t["lanes"] and 0 < nv % t["lanes"] <= t["lanes"] // 4
+    t["cpg"] = cpg or (GEMV_NK_CPG_THIN if thin and -(-nv // t["lanes"]) <= max_vpl else 1)
     return t
 
 
@@ -271,7 +287,9 @@ class CudaBackend:
         self.verbose = verbose
         self.templates_dir = templates_dir
         self.mode = "sim" if self.dev.simulated else "gpu"
-        self.attention_min_chunk = ATTENTION_MIN_CHUNK[self.mode]
+        self.attention_min_chunk = int(os.environ.get(ATTENTION_MIN_CHUNK_ENV, ATTENTION_MIN_CHUNK[self.mode]))
+        if self.attention_min_chunk < 1:
+            raise ValueError(f"{ATTENTION_MIN_CHUNK_ENV}={self.attention_min_chunk}: must be at least 1")
         self.attention_single_cols = ATTENTION_SINGLE_COLS[self.mode]
         self.attention_dynamic_splits = ATTENTION_DYNAMIC_SPLITS[self.mode]
         self.attention_blocks_per_sm = ATTENTION_BLOCKS_PER_SM[self.mode]
@@ -302,6 +320,9 @@ class CudaBackend:
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
+        self.gemv_nk_cpg = int(os.environ.get(GEMV_NK_CPG_ENV, 0))
+        if self.gemv_nk_cpg < 0:
+            raise ValueError(f"{GEMV_NK_CPG_ENV}={self.gemv_nk_cpg}: must be 0 (the rule) or a column count")
         self.gemv_tc = _env_flag(GEMV_TC_ENV, "0")
         self.gemv_tc_tune = _env_tune(GEMV_TC_TUNE_ENV, GEMV_TC[self.mode])
         tc = self.gemv_tc_tune
@@ -749,7 +770,8 @@ class CudaBackend:
             t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
-            self.dev.launch(kern, -(-N // t["groups"]), t["lanes"] * t["groups"], x_MK, self._w_nk(gemm, N, K),
+            self.dev.launch(kern, -(-N // (t["groups"] * t["cpg"])), t["lanes"] * t["groups"], x_MK,
+                            self._w_nk(gemm, N, K),
                             bias_N, y_MN, *args)
             return True
         if self.gemv_nk:
@@ -823,7 +845,7 @@ class CudaBackend:
         self.dev.launch(kern, (tiles, ksplit), 32 * warps, x_MK, W_KN, bias_N, y_MN, part, count, *args)
 
     def _nk_tune(self, K) -> dict:
-        return nk_tune(self.gemv_nk_tune, K, self.per_load, self.gemv_nk_max_vpl)
+        return nk_tune(self.gemv_nk_tune, K, self.per_load, self.gemv_nk_max_vpl, self.gemv_nk_cpg)
 
     def _w_nk(self, gemm, N, K):
         """The [N, K] copy of the GEMM's weight that gemv_nk and gemv_tc read: made on the first call (N is the

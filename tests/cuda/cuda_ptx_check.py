@@ -33,7 +33,7 @@ def cases(quick=False):
                    c[2].get("fused_write"), c[2].get("ksplit"), c[2].get("head_dim") if (c[1], c[0]) == ("attention_vec", "float16") else None, c[2].get("vec"), c[2].get("has_ids"), c[2].get("advance"),
                    c[2].get("to_batch"), c[2].get("scatter"), bool(c[2].get("cols")), c[2].get("skip_pad_rows"),
                    c[2].get("norm"), c[2].get("pdl"), c[2].get("vw"), c[2].get("pipeline"), c[2].get("fold"),
-                   c[2].get("rstats"), c[2].get("pstats"))
+                   c[2].get("rstats"), c[2].get("pstats"), c[2].get("cpg"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -55,10 +55,11 @@ def _cases():
             yield dt, op, dict(consts, pdl=True), args
 
 
-def _nk_lanes(K, dt):
-    """gemv_nk's lanes a column at depth K on the GPU (the backend's rule with the default tune and limit)."""
+def _nk(K, dt):
+    """gemv_nk's tile at depth K on the GPU: lanes a column, columns a block and a group (the backend's rule with the
+    default tune and limit)."""
     from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, nk_tune
-    return nk_tune(GEMV_NK["gpu"], K, 4 if dt == "float32" else 8, GEMV_NK_MAX_VPL["gpu"])["lanes"]
+    return nk_tune(GEMV_NK["gpu"], K, 4 if dt == "float32" else 8, GEMV_NK_MAX_VPL["gpu"])
 
 
 def _plain_cases():
@@ -83,9 +84,8 @@ def _plain_cases():
             yield dt, "gemv", dict(gemv, m_rows=M, k=K, n=N, ksplit=ksplit, activation=act, has_bias=True,
                                    vec=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
-            # past 8 vectors a lane a column takes 2 or 4 warps (_nk_lanes), their sums meeting in shared memory
-            lanes = _nk_lanes(K, dt)
-            yield dt, "gemv_nk", dict(lanes=lanes, groups=max(1, 128 // lanes), m_rows=M, k=K, n=N, activation=act,
+            # past 8 vectors a lane a column takes 2 or 4 warps (_nk), their sums meeting in shared memory
+            yield dt, "gemv_nk", dict(_nk(K, dt), m_rows=M, k=K, n=N, activation=act,
                                       has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
             if dt != "float32" and act == "none":    # the tensor-core GEMV over the same [N, K] copy
                 yield dt, "gemv_tc", dict(ct=2, warps=4, unroll=4, m_rows=M, k=K, n=N, activation=act,
@@ -105,8 +105,13 @@ def _plain_cases():
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
                                        has_bias=True, vec=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
-        yield dt, "gemv_nk", dict(lanes=_nk_lanes(6400, dt), groups=1, m_rows=1, k=6400, n=1600, activation="relu",
-                                  has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]    # 4 warps a column
+        # 4 warps a column, their vectors ragged: 2 columns a group (fp16)
+        yield dt, "gemv_nk", dict(_nk(6400, dt), m_rows=1, k=6400, n=1600, activation="relu",
+                                  has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
+        if dt != "float32":     # XL-size q/k/v: the folded prologue with 2 columns a group (ragged vectors)
+            yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
+                                      epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False), \
+                [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2]
         if dt != "float32":     # gemv_tc at 32 rows: two 16-row A tiles a chunk
             yield dt, "gemv_tc", dict(ct=2, warps=8, unroll=2, m_rows=32, k=768, n=2304, activation="relu",
                                       has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]

@@ -43,8 +43,9 @@ def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     assert_close(run_cuda(backend, g, node, inputs), want, dtype, _scale(dtype, K))
 
 
-def _path(backend, path):
+def _path(backend, path, cpg=0):
     from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
+    backend.gemv_nk_cpg = cpg
     backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv-mma": 0}.get(path, 10 ** 6)
     backend.gemv_mma_max_m = {"auto": GEMV_MMA_MAX_M[backend.mode], "gemv-mma": 10 ** 6}.get(path, 0)
     backend.gemv_vec = path != "gemv-scalar"
@@ -125,12 +126,13 @@ def _runs_right(backend, dtype, rng, K, N, act, rows):
 @pytest.mark.parametrize("M, K, N", [(1, pick(16, 768), pick(13, 2304)), (3, pick(5, 3072), pick(8, 768)),
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
                                      NK_WIDE_SHAPE, MMA_SHAPE, TC_ROWS_SHAPE])
-@pytest.mark.parametrize("kernel", ["nk", "tc", "vec", "scalar", "mma"])
+@pytest.mark.parametrize("kernel", ["nk", "nk3", "tc", "vec", "scalar", "mma"])
 def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
     chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
     weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
-    (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel);
+    (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel; nk3: 3
+    adjacent columns a group, the last group's partly past N);
     gemv_tc.py.j2 (tc: the tensor cores over the same [N, K] copy, for half dtypes up to 32 rows in 16-row tiles;
     past that gemv_nk);
     gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
@@ -140,10 +142,12 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
         pytest.skip("gemv_mma's shape (two row tiles, k ranges over blocks); the other kernels have the four before it")
     if (M, K, N) == TC_ROWS_SHAPE and (kernel != "tc" or dtype == "float32"):
         pytest.skip("gemv_tc's shape (two 16-row tiles)")
-    if (M, K, N) == NK_WIDE_SHAPE and kernel not in ("nk", "tc"):
+    if kernel == "nk3" and (M, K, N) in (MMA_SHAPE, TC_ROWS_SHAPE):
+        pytest.skip("gemv_mma's and gemv_tc's shapes")
+    if (M, K, N) == NK_WIDE_SHAPE and kernel not in ("nk", "nk3", "tc"):
         pytest.skip("the [N, K] kernels' deep shape (gemv_nk's widened columns)")
-    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "tc": "gemv-tc", "vec": "gemv", "scalar": "gemv-scalar",
-                                         "mma": "gemv-mma"}[kernel])
+    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "nk3": "gemv-nk", "tc": "gemv-tc", "vec": "gemv",
+                                         "scalar": "gemv-scalar", "mma": "gemv-mma"}[kernel], 3 if kernel == "nk3" else 0)
     backend._kernels.clear()
     _runs_right(backend, dtype, np.random.default_rng(M * 1000 + K), K, N, "gelu_tanh", [M, M])
     per_load = 4 if dtype == "float32" else 8
@@ -153,9 +157,11 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
         assert ran == ({"mma"} if dtype != "float32" and K % 16 == 0 else set()), ran
     elif kernel == "tc":     # float32 or more rows than GEMV_TC_MAX_M: gemv_nk
         assert ran == (set() if K % per_load else {"tc"} if dtype != "float32" and M <= GEMV_TC_MAX_M else {"nk"}), ran
-    elif kernel == "nk":
+    elif kernel in ("nk", "nk3"):
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
         lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
+        assert {dict(memo[2])["cpg"] for memo in backend._kernels if memo[0] == "gemv_nk"} <= \
+            {3 if kernel == "nk3" else backend._nk_tune(K)["cpg"]}
         assert lanes <= {backend._nk_tune(K)["lanes"]}, lanes
         if (M, K, N) == NK_WIDE_SHAPE and ran:
             assert min(lanes) > GEMV_NK[backend.mode]["lanes"], lanes
@@ -242,10 +248,21 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
                                          ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
-                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4")])
+                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"),
+                                         ("EETJIT_ATTENTION_MIN_CHUNK", "0")])
 def test_gemv_tunes_out_of_range_name_the_variable(where, monkeypatch, name, value):
     """An A/B knob set to a tile the kernels cannot run is refused when the backend is made, naming the knob."""
     from eetjit.backends.cuda import CudaBackend
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         CudaBackend("float16", verbose=False)
+
+
+def test_gemv_nk_columns_a_group_rule():
+    """gemv_nk's columns a group (nk_tune): two where the lanes' last round of vectors holds at most a quarter of
+    them (GPT-2 XL-size's K = 1600 and 6400, the latter over 4 warps), one for whole rounds, fuller last rounds and
+    rows shorter than a round; a knob's value wins."""
+    from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, nk_tune
+    gpu = [nk_tune(GEMV_NK["gpu"], K, 8, GEMV_NK_MAX_VPL["gpu"])["cpg"] for K in (1600, 6400, 768, 3072, 1200, 64)]
+    assert gpu == [2, 2, 1, 1, 1, 1]
+    assert nk_tune(GEMV_NK["gpu"], 768, 8, GEMV_NK_MAX_VPL["gpu"], cpg=3)["cpg"] == 3

@@ -50,15 +50,18 @@ def _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, N, parts, b_
 @settings(SETTINGS, max_examples=3 * EXAMPLES)      # many independent switches: more examples than usual
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
        split=st.booleans(), M=st.integers(1, 3), K=st.sampled_from(pick((16, 24, 20), (768, 1600, 3072, 1000))),
-       path=st.sampled_from(["fused", "unfused", "gemm"]), b_row=st.booleans(),
+       path=st.sampled_from(["fused", "fused3", "unfused", "gemm"]), b_row=st.booleans(),
        act=st.sampled_from(["none", "gelu_tanh"]), dtype=DTYPES, seed=st.integers(0, 2**32 - 1))
 def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_row, act, dtype, seed):
-    """path: "fused" (gemv_nk for up to 4 rows, the norm in its prologue where K is whole vectors), "unfused" (the
+    """path: "fused" (gemv_nk for up to 4 rows, the norm in its prologue where K is whole vectors; fused3: 3 columns a
+    lane group, the row's statistics taken once for them), "unfused" (the
     same GEMV, EETJIT_GEMV_NORM off: the norm kernel first), "gemm" (cuBLASLt / the simulator's matmul). gemv_mma
     is off here (test_norm_linear_mma). b_row: the added term is one row broadcast over the M rows."""
     backend = get_backend(dtype)
-    backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "unfused": (4, True, False),
+    backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "fused3": (4, True, True),
+                                                              "unfused": (4, True, False),
                                                               "gemm": (0, True, True)}[path]
+    backend.gemv_nk_cpg = 3 if path == "fused3" else 0
     backend.gemv_mma_max_m = 0
     backend._kernels.clear()
     try:
@@ -67,34 +70,36 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
                     b_row, act, dtype)
         per_load = 4 if dtype == "float32" else 8
         from eetjit.backends.cuda import GEMV_NORM_MAX_K
-        fused = path == "fused" and K % per_load == 0 and K <= GEMV_NORM_MAX_K
+        fused = path.startswith("fused") and K % per_load == 0 and K <= GEMV_NORM_MAX_K
         assert ("gemv_nk" in _ran(backend)) == (path != "gemm" and K % per_load == 0)
         assert bool(_ran(backend) & NORM_KERNELS) == (not fused)
     finally:
         from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
         backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = GEMV_MAX_M[backend.mode], True, True
-        backend.gemv_mma_max_m = GEMV_MMA_MAX_M[backend.mode]
+        backend.gemv_mma_max_m, backend.gemv_nk_cpg = GEMV_MMA_MAX_M[backend.mode], 0
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
 @example(kind="layer", add=True, pre=False, has_bias=True, M=1, K=pick(40, 1600), b_row=True, offset=30.0,
-         act="none", dtype="float16", seed=5)      # XL's hidden size, rows far from zero mean
+         act="none", dtype="float16", seed=5, cpg=5)      # XL's hidden size, rows far from zero mean
 @example(kind="layer", add=True, pre=True, has_bias=True, M=1, K=pick(40, 768), b_row=False, offset=0.0,
-         act="gelu_tanh", dtype="bfloat16", seed=6)     # a decode step's pair: the summand's Linear first
+         act="gelu_tanh", dtype="bfloat16", seed=6, cpg=0)     # a decode step's pair: the summand's Linear first
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), pre=st.booleans(), has_bias=st.booleans(),
        M=st.integers(1, 3), K=st.sampled_from(pick((16, 40), (768, 1600, 1000))), b_row=st.booleans(),
        offset=st.sampled_from([0.0, 6.0]), act=st.sampled_from(["none", "gelu_tanh"]),
-       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1))
-def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, offset, act, dtype, seed):
+       dtype=st.sampled_from(["float16", "bfloat16"]), seed=st.integers(0, 2**32 - 1), cpg=st.sampled_from([0, 5]))
+def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, offset, act, dtype, seed, cpg):
     """gemv_nk.py.j2's folded prologue (gamma and beta in the weight and bias, CudaBackend._fold_norm): the stored
     row (x + b by packed adds, stored by column 0's group) multiplied as it is, the one-pass statistics applied per
     output, rstd (x W' - mean colsum(W')) + b', against the rounded unfused chain at its tolerance (rows offset
     from zero mean lose digits to that subtraction) and, at the dtype's plain tolerance, against that formula in
     float64 from the row it multiplied. No norm kernel runs. pre: the NormLinear holds the Linear that makes its
     summand (W0, b0; fold_producer_linear), which at these rows writes the shared scratch first, as in a one-row
-    decode step."""
+    decode step. cpg: columns a lane group (0: the backend's rule; 5: the statistics taken once for 5 columns, N
+    not a multiple of 5 groups' columns, so the last group's run past N)."""
     backend = get_backend(dtype)
     saved = backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold
+    backend.gemv_nk_cpg = cpg
     # folding needs gemv_mma on (fold_norm_affine); up to 4 rows gemv_nk runs first
     backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = \
         4, 10 ** 6, True, True, True
@@ -130,6 +135,7 @@ def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, off
             assert_close(got[:1], [_folded_from_sum(backend, node, kind, s, act, dtype)], dtype)
     finally:
         backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = saved
+        backend.gemv_nk_cpg = 0
 
 
 def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
