@@ -142,17 +142,24 @@ def timed(dev, fn, repeats) -> float:
 
 
 def head(be, op, M, args, rng, bw) -> None:
-    """The LM head at M rows on cuBLASLt and each gemv_mma tile, then the argmax variants over its logits."""
+    """The LM head at M rows on cuBLASLt, each gemv_mma tile, gemv_nk (one row) and each gemv_tc tile (up to 32
+    rows; both over an [N, K] copy of the weight), then the argmax variants over its logits."""
     E, V = args.hidden, args.vocab
     x = be.dev.upload(rng.standard_normal((1, M, E)).astype(np.float16))
     y = be.empty((1, M, V))
     tokens = be.zeros((M,), np.int64)
     print(f"  LM head [{E} x {V}] at M = {M}, floor {E * V * 2 / bw * 1e6:.2f} us:", flush=True)
     ref = None
-    for label, tune in [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes]:
-        be.gemv_max_m, be.gemv_max_n = 0, (1 << 30) if tune else 16384
-        be.gemv_mma_max_m = M if tune else 0
-        if tune:
+    nk = [("gemv_nk", ("nk",))] if M == 1 else []
+    tc = [(f"gemv_tc {t}", ("tc", t)) for t in args.tc_tunes] if M <= 32 else []
+    for label, tune in [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes] + nk + tc:
+        is_nk = isinstance(tune, tuple)
+        be.gemv_max_m, be.gemv_max_n = (M if is_nk else 0), (1 << 30) if tune else 16384
+        be.gemv_mma_max_m = M if tune and not is_nk else 0
+        be.gemv_tc = is_nk and tune[0] == "tc"
+        if be.gemv_tc:
+            be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
+        elif tune and not is_nk:
             be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
         try:
             t = timed(be.dev, lambda: op([x, None, None], [y]), args.repeats)
@@ -169,7 +176,7 @@ def head(be, op, M, args, rng, bw) -> None:
         t = timed(be.dev, lambda: be.greedy_tokens(y.reshape(M, V), tokens), args.repeats)
         ok = np.array_equal(be.to_host(tokens), want)
         print(f"    argmax {tune:9s} {t:7.2f} us  {'tokens equal NumPy' if ok else 'TOKENS DIFFER'}", flush=True)
-    be.gemv_max_n = 16384
+    be.gemv_max_n, be.gemv_tc = 16384, False
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterable
@@ -38,6 +39,7 @@ from eetjit.backends.cuda_gemm import BatchedGemm, Gemm
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node, Value
 from eetjit.plan.norm_linear import folded_weights
+from eetjit.plan.structure import tied
 
 # --- launch configurations (data; the simulator runs each thread as a Python thread: keep blocks tiny there) ---
 # threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
@@ -125,6 +127,11 @@ SOFTMAX_LANES = {"gpu": 32, "sim": 4}                  # lanes per row: a warp (
 # M = 8 (B8 0.595 -> 0.673); gemv.py.j2 lost at every M (benchmarks/gpu/NOTES.md). The simulator: off (tests force it)
 GEMV_MAX_M = {"gpu": 1, "sim": 0}
 GEMV_MAX_N = 16384
+# ... except an LM head tied to the token embedding: at one row gemv_nk reads the embedding's device table, which is
+# already its [N, K] weight (no copy). H200, GPT-2 small (session 15): the head 24.5 us on cuBLASLt, 20.6 on
+# gemv_nk (floor 18.7); B1 x 64 0.214 -> 0.206 ms/step (with a copy of the weight; session 7 had left it on
+# cuBLASLt for that 77 MB copy). EETJIT_GEMV_TIED_HEAD=0 keeps it on cuBLASLt (A/B)
+GEMV_TIED_HEAD_ENV = "EETJIT_GEMV_TIED_HEAD"
 GEMV_MAX_N_ENV = "EETJIT_GEMV_MAX_N"    # override GEMV_MAX_N (A/B: the LM head on gemv_nk)
 GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
 FUSED_WRITE_ENV = "EETJIT_FUSED_KV_WRITE"  # "0": a one-token step writes its K/V column with kv_cache_write first
@@ -155,8 +162,10 @@ GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
 # 15), us a layer of 4 GEMVs at 1 / 2 columns a group: hidden 1600 (K = 1600 and 6400: a quarter of the lanes in the
 # last round) 26.1 / 24.7, every GEMM faster (decode of the XL-size model 1.65 -> 1.56 ms/step); hidden 1200 (K =
 # 1200, 4800: two thirds) 13.7 / 13.9; whole rounds (hidden 768, 1024, 1280, 2048) 1-10% slower at 2, and slower
-# still at 3 or 4 (register growth: 60 -> 102 -> 131 -> 160 at K = 1600).
+# still at 3 or 4 (register growth: 60 -> 102 -> 131 -> 160 at K = 1600). Measured in float16 only; the rule applies
+# to float32 too (4-value vectors: K = 1600 over 64 lanes), and only where a lane holds at most max_vpl vectors.
 GEMV_NK_CPG_THIN = 2
+GEMV_NK_MAX_CPG = 8         # the knob's limit: every column's loads are live in registers at once
 GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every gemv_nk; 0 (default): the rule
 # ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 32 rows, no norm prologue): the tensor cores
 # take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
@@ -310,6 +319,7 @@ class CudaBackend:
         self._index_memo = None                  # (host index array, its device copy): see _token_index
         self.gemv_max_m = int(os.environ.get(GEMV_ENV, GEMV_MAX_M[self.mode]))
         self.gemv_max_n = int(os.environ.get(GEMV_MAX_N_ENV, GEMV_MAX_N))
+        self.gemv_tied_head = _env_flag(GEMV_TIED_HEAD_ENV)
         self.attention_fused_write = _env_flag(FUSED_WRITE_ENV)
         self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
         self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
@@ -321,8 +331,9 @@ class CudaBackend:
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
         self.gemv_nk_max_vpl = int(os.environ.get(GEMV_NK_MAX_VPL_ENV, GEMV_NK_MAX_VPL[self.mode]))
         self.gemv_nk_cpg = int(os.environ.get(GEMV_NK_CPG_ENV, 0))
-        if self.gemv_nk_cpg < 0:
-            raise ValueError(f"{GEMV_NK_CPG_ENV}={self.gemv_nk_cpg}: must be 0 (the rule) or a column count")
+        if not 0 <= self.gemv_nk_cpg <= GEMV_NK_MAX_CPG:
+            raise ValueError(f"{GEMV_NK_CPG_ENV}={self.gemv_nk_cpg}: must be 0 (the rule) or a column count up to "
+                             f"{GEMV_NK_MAX_CPG}")
         self.gemv_tc = _env_flag(GEMV_TC_ENV, "0")
         self.gemv_tc_tune = _env_tune(GEMV_TC_TUNE_ENV, GEMV_TC[self.mode])
         tc = self.gemv_tc_tune
@@ -357,6 +368,7 @@ class CudaBackend:
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
+        self._tables: list = []       # weak references to the token embedding tables of prepared Embedding nodes
         self._dummies: dict = {}
 
     # --- device memory (the ExecutionPlan and the generator allocate through these) ----------------------------
@@ -678,6 +690,8 @@ class CudaBackend:
             W_dev = upload(W, self.dtype, "pad", pad_cols=Np)
             b_gemm = None if bias is None else upload(bias, self.dtype, "pad", lambda v: v.reshape(-1), pad_cols=Np)
             gemm = Gemm(self.dev, W_dev, b_gemm, act)
+            if const_w and not split and N > self.gemv_max_n:
+                self._tie_head(gemm, W)
             epi_bias = has_bias and not gemm.fused_bias
             epi_act = "none" if gemm.fused_activation else act
             epilogue = None
@@ -763,10 +777,10 @@ class CudaBackend:
         if M > self.gemv_max_m and self._mma_fits(x_MK, N, gemm.W_KN):
             self._gemv_mma(scratch, gemm.W_KN, bias_N, has_bias, act, x_MK, y_MN, prologue)
             return True
-        if not (0 < M <= self.gemv_max_m and N <= self.gemv_max_n):
+        if not (0 < M <= self.gemv_max_m and (N <= self.gemv_max_n or gemm.W_NK_tied)):
             return False
         W_KN = gemm.W_KN
-        if self._nk_fits(x_MK, N):
+        if self._nk_fits(x_MK, N, gemm.W_NK_tied):
             t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
@@ -774,7 +788,7 @@ class CudaBackend:
                             self._w_nk(gemm, N, K),
                             bias_N, y_MN, *args)
             return True
-        if self.gemv_nk:
+        if self.gemv_nk or N > self.gemv_max_n:
             return False
         vec = (self.gemv_vec and M <= GEMV_VEC_MAX_M and N % self.per_load == 0
                and W_KN.shape[1] % self.per_load == 0 and W_KN.flags.c_contiguous
@@ -847,6 +861,18 @@ class CudaBackend:
     def _nk_tune(self, K) -> dict:
         return nk_tune(self.gemv_nk_tune, K, self.per_load, self.gemv_nk_max_vpl, self.gemv_nk_cpg)
 
+    def _tie_head(self, gemm, W_KN) -> None:
+        """Point a wide GEMM's W_NK at the device table of a prepared token embedding when W is that table
+        transposed (an LM head tied to it, values compared: plan.structure.tied), so that one-row GEMVs read it in
+        place; nothing when EETJIT_GEMV_TIED_HEAD=0 or no table matches."""
+        if not self.gemv_tied_head or np.ndim(W_KN) != 2:
+            return
+        for ref in self._tables:
+            table = ref()
+            if table is not None and np.shape(table) == np.shape(W_KN)[::-1] and tied(np.asarray(W_KN), table):
+                gemm.W_NK, gemm.W_NK_tied = self._upload_const(table, self.dtype), True
+                return
+
     def _w_nk(self, gemm, N, K):
         """The [N, K] copy of the GEMM's weight that gemv_nk and gemv_tc read: made on the first call (N is the
         node's unpadded width, the same every run) and kept by the Gemm."""
@@ -870,11 +896,12 @@ class CudaBackend:
         return (x_MK.shape[1] % self.per_load == 0 and x_MK.flags.c_contiguous
                 and (self.dev.simulated or _ptr(x_MK) % 16 == 0))
 
-    def _nk_fits(self, x_MK, N) -> bool:
-        """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width, K of whole 16-byte vectors, x
-        contiguous and aligned."""
+    def _nk_fits(self, x_MK, N, tied_head=False) -> bool:
+        """Whether gemv_nk.py.j2 runs y[M, N] = x @ W: a GEMV row count and width (any width for an LM head tied to
+        the token embedding), K of whole 16-byte vectors, x contiguous and aligned."""
         M = x_MK.shape[0]
-        return 0 < M <= self.gemv_max_m and N <= self.gemv_max_n and self.gemv_nk and self._rows_of_vectors(x_MK)
+        return (0 < M <= self.gemv_max_m and (N <= self.gemv_max_n or tied_head) and self.gemv_nk
+                and self._rows_of_vectors(x_MK))
 
     def _gemv_takes(self, prologue, x_MK, N, W_KN) -> bool:
         """Whether a GEMV computes this norm prologue itself, every operand of the norm contiguous and aligned:
@@ -935,6 +962,9 @@ class CudaBackend:
     # --- embedding, rotary, last token ---------------------------------------------------------------------------
     def _prepare_Embedding(self, node):
         wte, wpe, wtt = (self._operand(node, i) for i in (2, 3, 5))
+        if node.input(2) is not None and node.inputs[2].is_const:      # for an LM head tied to it (_tie_head)
+            table = node.inputs[2].const
+            self._tables = [r for r in self._tables if r() is not None and r() is not table] + [weakref.ref(table)]
         gamma, beta = self._operand(node, 6, np.float32), self._operand(node, 7, np.float32)
         consts = dict(has_positions=node.input(3) is not None, has_token_types=node.input(5) is not None,
                       has_norm=node.input(6) is not None, has_beta=node.input(7) is not None,

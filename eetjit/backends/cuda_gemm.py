@@ -50,6 +50,7 @@ class Gemm:
         self._plans: OrderedDict = OrderedDict()
         self.inplace = True     # False once nvmath refused to write into y: results are copied (not capturable)
         self.W_NK = None        # the weight as [N, K], made by the backend's first one-row GEMV (gemv_nk.py.j2)
+        self.W_NK_tied = False  # W_NK is the tied token embedding's device table, set by the backend (no copy)
 
     def __call__(self, x_MK, y_MN) -> None:
         """y_MN[...] = x_MK @ W (with the fused epilogue). y_MN is C-contiguous; x_MK has unit column stride."""

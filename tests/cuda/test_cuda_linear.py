@@ -43,9 +43,8 @@ def test_linear(where, K, N, M, act, has_bias, path, dtype, seed):
     assert_close(run_cuda(backend, g, node, inputs), want, dtype, _scale(dtype, K))
 
 
-def _path(backend, path, cpg=0):
+def _path(backend, path):
     from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
-    backend.gemv_nk_cpg = cpg
     backend.gemv_max_m = {"auto": GEMV_MAX_M[backend.mode], "gemm": 0, "gemv-mma": 0}.get(path, 10 ** 6)
     backend.gemv_mma_max_m = {"auto": GEMV_MMA_MAX_M[backend.mode], "gemv-mma": 10 ** 6}.get(path, 0)
     backend.gemv_vec = path != "gemv-scalar"
@@ -127,12 +126,12 @@ def _runs_right(backend, dtype, rng, K, N, act, rows):
                                      (pick(4, 8), pick(17, 1000), pick(9, 97)), (2, pick(40, 768), pick(24, 3072)),
                                      NK_WIDE_SHAPE, MMA_SHAPE, TC_ROWS_SHAPE])
 @pytest.mark.parametrize("kernel", ["nk", "nk3", "tc", "vec", "scalar", "mma"])
-def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
+def test_gemv_many_chunks(where, monkeypatch, M, K, N, dtype, kernel):
     """The GEMV kernels, run twice: gemv.py.j2 with K split over several blocks (the last block of a tile adds the
     chunks; the second run sees the per-tile counters reset by the first) and partial column tiles, with 16-byte
     weight loads where the shape allows (vec: widths of whole vectors, M <= 4) or scalar loads; gemv_nk.py.j2
     (nk: one lane group per output column, where K is whole vectors; otherwise cuBLASLt, no GEMV kernel; nk3: 3
-    adjacent columns a group, the last group's partly past N);
+    adjacent columns a group, the last group's partly past N; grids of ceil(N / (groups x columns a group)));
     gemv_tc.py.j2 (tc: the tensor cores over the same [N, K] copy, for half dtypes up to 32 rows in 16-row tiles;
     past that gemv_nk);
     gemv_mma.py.j2 (mma: half dtypes, K a multiple of 16, k ranges over several blocks, the strip's last block
@@ -146,10 +145,18 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
         pytest.skip("gemv_mma's and gemv_tc's shapes")
     if (M, K, N) == NK_WIDE_SHAPE and kernel not in ("nk", "nk3", "tc"):
         pytest.skip("the [N, K] kernels' deep shape (gemv_nk's widened columns)")
-    backend = _path(get_backend(dtype), {"nk": "gemv-nk", "nk3": "gemv-nk", "tc": "gemv-tc", "vec": "gemv",
-                                         "scalar": "gemv-scalar", "mma": "gemv-mma"}[kernel], 3 if kernel == "nk3" else 0)
-    backend._kernels.clear()
-    _runs_right(backend, dtype, np.random.default_rng(M * 1000 + K), K, N, "gelu_tanh", [M, M])
+    backend = get_backend(dtype)
+    monkeypatch.setattr(backend, "gemv_nk_cpg", 3 if kernel == "nk3" else backend.gemv_nk_cpg)
+    grids = []
+    launch = backend.dev.launch
+    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, *a: (grids.append((kern, grid)), launch(kern, grid, *a)))
+    try:
+        _path(backend, {"nk": "gemv-nk", "nk3": "gemv-nk", "tc": "gemv-tc", "vec": "gemv", "scalar": "gemv-scalar",
+                        "mma": "gemv-mma"}[kernel])
+        backend._kernels.clear()
+        _runs_right(backend, dtype, np.random.default_rng(M * 1000 + K), K, N, "gelu_tanh", [M, M])
+    finally:
+        _path(backend, "auto")
     per_load = 4 if dtype == "float32" else 8
     ran = {memo[0][5:] if memo[0] != "gemv" else dict(memo[2]).get("vec") for memo in backend._kernels
            if memo[0] in ("gemv", "gemv_nk", "gemv_tc", "gemv_mma")}
@@ -160,14 +167,15 @@ def test_gemv_many_chunks(where, M, K, N, dtype, kernel):
     elif kernel in ("nk", "nk3"):
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
         lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
-        assert {dict(memo[2])["cpg"] for memo in backend._kernels if memo[0] == "gemv_nk"} <= \
-            {3 if kernel == "nk3" else backend._nk_tune(K)["cpg"]}
+        nk = {fn: dict(memo[2]) for memo, fn in backend._kernels.items() if memo[0] == "gemv_nk"}
+        assert {c["cpg"] for c in nk.values()} <= {3 if kernel == "nk3" else backend._nk_tune(K)["cpg"]}
+        assert {grid for kern, grid in grids if kern in nk} == \
+            {-(-N // (c["groups"] * c["cpg"])) for c in nk.values()}
         assert lanes <= {backend._nk_tune(K)["lanes"]}, lanes
         if (M, K, N) == NK_WIDE_SHAPE and ran:
             assert min(lanes) > GEMV_NK[backend.mode]["lanes"], lanes
     else:
         assert ran == {kernel != "scalar" and M <= GEMV_VEC_MAX_M and N % per_load == 0}, ran
-    _path(backend, "auto")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -248,7 +256,7 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
                                          ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
-                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"),
+                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"), ("EETJIT_GEMV_NK_CPG", "9"),
                                          ("EETJIT_ATTENTION_MIN_CHUNK", "0")])
 def test_gemv_tunes_out_of_range_name_the_variable(where, monkeypatch, name, value):
     """An A/B knob set to a tile the kernels cannot run is refused when the backend is made, naming the knob."""
@@ -265,4 +273,38 @@ def test_gemv_nk_columns_a_group_rule():
     from eetjit.backends.cuda import GEMV_NK, GEMV_NK_MAX_VPL, nk_tune
     gpu = [nk_tune(GEMV_NK["gpu"], K, 8, GEMV_NK_MAX_VPL["gpu"])["cpg"] for K in (1600, 6400, 768, 3072, 1200, 64)]
     assert gpu == [2, 2, 1, 1, 1, 1]
+    # float32 (4-value vectors): K = 1600 over 64 lanes has a thin last round; K = 6400 would too, but a lane
+    # there holds more than the limit's vectors even at the widest column
+    assert [nk_tune(GEMV_NK["gpu"], K, 4, GEMV_NK_MAX_VPL["gpu"])["cpg"] for K in (1600, 6400)] == [2, 1]
     assert nk_tune(GEMV_NK["gpu"], 768, 8, GEMV_NK_MAX_VPL["gpu"], cpg=3)["cpg"] == 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("tie", ["tied", "untied", "off"])
+def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype, tie):
+    """An LM head wider than GEMV_MAX_N whose weight equals the token embedding transposed (a separate array: the
+    values are compared) runs on gemv_nk at one row and reads the embedding's device table in place, no [N, K] copy;
+    an untied head, or EETJIT_GEMV_TIED_HEAD off, stays with the GEMM. Every result against the reference."""
+    backend = get_backend(dtype)
+    rng = np.random.default_rng(3)
+    V, E = pick((40, 16), (1000, 64))
+    monkeypatch.setattr(backend, "gemv_max_m", 1)
+    monkeypatch.setattr(backend, "gemv_max_n", V - 8)
+    monkeypatch.setattr(backend, "gemv_tied_head", tie != "off")
+    wte = values(rng, (V, E))
+    W = np.ascontiguousarray(wte.T) if tie != "untied" else values(rng, (E, V))
+    ge, emb = single_node("Embedding", [np.array([[1, 3]], np.int64), None, wte], {}, const={2})
+    backend.prepare(emb, ge)          # a session prepares the Embedding before the head
+    table = backend._upload_const(emb.inputs[2].const, backend.dtype)
+    weights = []
+    launch = backend.dev.launch
+    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, threads, *a: (weights.append(a[1]) if len(a) > 1
+                                                                               else None, launch(kern, grid, threads, *a)))
+    backend._kernels.clear()
+    x = values(rng, (1, 1, E)) / np.sqrt(E)
+    g, node = single_node("Linear", [x, W, None], {"activation": "none"}, const={1})
+    want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), None])
+    assert_close(run_cuda(backend, g, node, [x, W, None]), want, dtype, _scale(dtype, E))
+    ran = {memo[0] for memo in backend._kernels}
+    assert ("gemv_nk" in ran) == (tie == "tied"), ran
+    assert any(w is table for w in weights) == (tie == "tied")

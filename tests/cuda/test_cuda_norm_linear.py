@@ -50,18 +50,19 @@ def _runs_right(backend, seed, kind, add, has_beta, has_bias, M, K, N, parts, b_
 @settings(SETTINGS, max_examples=3 * EXAMPLES)      # many independent switches: more examples than usual
 @given(kind=st.sampled_from(["layer", "rms"]), add=st.booleans(), has_beta=st.booleans(), has_bias=st.booleans(),
        split=st.booleans(), M=st.integers(1, 3), K=st.sampled_from(pick((16, 24, 20), (768, 1600, 3072, 1000))),
-       path=st.sampled_from(["fused", "fused3", "unfused", "gemm"]), b_row=st.booleans(),
+       path=st.sampled_from(["fused", "fused5", "unfused", "gemm"]), b_row=st.booleans(),
        act=st.sampled_from(["none", "gelu_tanh"]), dtype=DTYPES, seed=st.integers(0, 2**32 - 1))
 def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_row, act, dtype, seed):
-    """path: "fused" (gemv_nk for up to 4 rows, the norm in its prologue where K is whole vectors; fused3: 3 columns a
-    lane group, the row's statistics taken once for them), "unfused" (the
+    """path: "fused" (gemv_nk for up to 4 rows, the norm in its prologue where K is whole vectors; fused5: 5 columns a
+    lane group, the row's statistics taken once for them, the last group's past N), "unfused" (the
     same GEMV, EETJIT_GEMV_NORM off: the norm kernel first), "gemm" (cuBLASLt / the simulator's matmul). gemv_mma
     is off here (test_norm_linear_mma). b_row: the added term is one row broadcast over the M rows."""
     backend = get_backend(dtype)
-    backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "fused3": (4, True, True),
+    saved_cpg = backend.gemv_nk_cpg
+    backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = {"fused": (4, True, True), "fused5": (4, True, True),
                                                               "unfused": (4, True, False),
                                                               "gemm": (0, True, True)}[path]
-    backend.gemv_nk_cpg = 3 if path == "fused3" else 0
+    backend.gemv_nk_cpg = 5 if path == "fused5" else saved_cpg
     backend.gemv_mma_max_m = 0
     backend._kernels.clear()
     try:
@@ -76,7 +77,7 @@ def test_norm_linear(where, kind, add, has_beta, has_bias, split, M, K, path, b_
     finally:
         from eetjit.backends.cuda import GEMV_MAX_M, GEMV_MMA_MAX_M
         backend.gemv_max_m, backend.gemv_nk, backend.gemv_norm = GEMV_MAX_M[backend.mode], True, True
-        backend.gemv_mma_max_m, backend.gemv_nk_cpg = GEMV_MMA_MAX_M[backend.mode], 0
+        backend.gemv_mma_max_m, backend.gemv_nk_cpg = GEMV_MMA_MAX_M[backend.mode], saved_cpg
 
 
 @settings(SETTINGS, max_examples=2 * EXAMPLES)
@@ -95,14 +96,14 @@ def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, off
     from zero mean lose digits to that subtraction) and, at the dtype's plain tolerance, against that formula in
     float64 from the row it multiplied. No norm kernel runs. pre: the NormLinear holds the Linear that makes its
     summand (W0, b0; fold_producer_linear), which at these rows writes the shared scratch first, as in a one-row
-    decode step. cpg: columns a lane group (0: the backend's rule; 5: the statistics taken once for 5 columns, N
-    not a multiple of 5 groups' columns, so the last group's run past N)."""
+    decode step. cpg: columns a lane group (0: the backend's rule, 2 at K = 40 in the simulator and 1600 on the
+    GPU; 5), the statistics taken once for them."""
     backend = get_backend(dtype)
-    saved = backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold
-    backend.gemv_nk_cpg = cpg
+    saved = (backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold,
+             backend.gemv_nk_cpg)
     # folding needs gemv_mma on (fold_norm_affine); up to 4 rows gemv_nk runs first
-    backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = \
-        4, 10 ** 6, True, True, True
+    backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold, \
+        backend.gemv_nk_cpg = 4, 10 ** 6, True, True, True, cpg
     backend._kernels.clear()
     try:
         rng = np.random.default_rng(seed)
@@ -116,7 +117,7 @@ def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, off
             b0 = b0 + offset
         gamma = values(rng, (K,))
         beta = values(rng, (K,)) if kind == "layer" else None
-        N = pick(24, 96)
+        N = pick(26, 98)     # not a multiple of 2 or 5 groups' columns: the last group's run past N
         W, bias = values(rng, (K, N)) / np.sqrt(K), values(rng, (N,)) if has_bias else None
         attrs = {"norm": kind, "add": int(add), "epsilon": 1e-5, "activation": act, **({"pre": 1} if pre else {})}
         inputs = [x0, b, gamma, beta, W, bias, W0, b0] if pre else [a, b, gamma, beta, W, bias]
@@ -134,8 +135,8 @@ def test_norm_linear_nk_folded(where, kind, add, pre, has_bias, M, K, b_row, off
             s = got[1] if add else rounded(a, dtype)
             assert_close(got[:1], [_folded_from_sum(backend, node, kind, s, act, dtype)], dtype)
     finally:
-        backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold = saved
-        backend.gemv_nk_cpg = 0
+        backend.gemv_max_m, backend.gemv_mma_max_m, backend.gemv_norm, backend.norm_fold, backend.gemv_nk_fold, \
+            backend.gemv_nk_cpg = saved
 
 
 def test_norm_linear_in_a_plan_keeps_qkv_in_one_block(where):
