@@ -138,23 +138,23 @@ def test_tied_check_matches_array_equal(case, no_memo):
         w = w[:, :999]
     want = w.shape == wte.T.shape and np.array_equal(w, wte.T)
     assert structure._equal_transposed(w, wte) == want
-    assert structure.tied(_frozen(w), _frozen(wte)) == want
+    assert structure.tied_to_embedding(_frozen(w), _frozen(wte)) == want
 
 
 def test_tied_check_is_remembered_for_the_same_read_only_arrays(no_memo, monkeypatch):
     wte = _frozen(np.arange(24.0, dtype=np.float32).reshape(6, 4))
     w = _frozen(wte.T.copy())
-    assert structure.tied(w, wte)
+    assert structure.tied_to_embedding(w, wte)
     calls = []
     monkeypatch.setattr(structure, "_equal_transposed", lambda a, b: calls.append(1) or False)
-    assert structure.tied(w, wte)                  # remembered
+    assert structure.tied_to_embedding(w, wte)                  # remembered
     assert not calls
     w2 = _frozen(w.copy())
-    assert not structure.tied(w2, wte)             # another array: checked again
+    assert not structure.tied_to_embedding(w2, wte)             # another array: checked again
     assert calls == [1]
     w3 = wte.T.copy()                               # writeable: always checked
-    structure.tied(w3, wte)
-    structure.tied(w3, wte)
+    structure.tied_to_embedding(w3, wte)
+    structure.tied_to_embedding(w3, wte)
     assert calls == [1, 1, 1]
 
 

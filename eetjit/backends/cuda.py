@@ -39,7 +39,7 @@ from eetjit.backends.cuda_gemm import BatchedGemm, Gemm
 from eetjit.errors import InputError
 from eetjit.ir import Graph, Node, Value
 from eetjit.plan.norm_linear import folded_weights
-from eetjit.plan.structure import tied
+from eetjit.plan.structure import tied_to_embedding
 
 # --- launch configurations (data; the simulator runs each thread as a Python thread: keep blocks tiny there) ---
 # threads per block of the row kernels (norms, embedding, rotary, last token, argmax), by hidden size
@@ -127,10 +127,11 @@ SOFTMAX_LANES = {"gpu": 32, "sim": 4}                  # lanes per row: a warp (
 # M = 8 (B8 0.595 -> 0.673); gemv.py.j2 lost at every M (benchmarks/gpu/NOTES.md). The simulator: off (tests force it)
 GEMV_MAX_M = {"gpu": 1, "sim": 0}
 GEMV_MAX_N = 16384
-# ... except an LM head tied to the token embedding: at one row gemv_nk reads the embedding's device table, which is
-# already its [N, K] weight (no copy). H200, GPT-2 small (session 15): the head 24.5 us on cuBLASLt, 20.6 on
-# gemv_nk (floor 18.7); B1 x 64 0.214 -> 0.206 ms/step (with a copy of the weight; session 7 had left it on
-# cuBLASLt for that 77 MB copy). EETJIT_GEMV_TIED_HEAD=0 keeps it on cuBLASLt (A/B)
+# ... except an LM head tied to the token embedding: up to GEMV_MAX_M rows (one on the GPU) gemv_nk reads the
+# embedding's device table, which is already its [N, K] weight (no copy). H200, GPT-2 small (session 15): the head
+# 24.5 us on cuBLASLt, 20.6 on gemv_nk (floor 18.7); B1 x 64 0.214 -> 0.206 ms/step. Both measured over a copy of the
+# weight (session 7 had left the head on cuBLASLt for that 77 MB copy); the in-place read has run only in the
+# simulator so far. EETJIT_GEMV_TIED_HEAD=0 keeps it on cuBLASLt (A/B)
 GEMV_TIED_HEAD_ENV = "EETJIT_GEMV_TIED_HEAD"
 GEMV_MAX_N_ENV = "EETJIT_GEMV_MAX_N"    # override GEMV_MAX_N (A/B: the LM head on gemv_nk)
 GEMV_ENV = "EETJIT_GEMV_MAX_M"          # override GEMV_MAX_M (0: every GEMM on cuBLASLt), for A/B measurements
@@ -369,6 +370,7 @@ class CudaBackend:
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
         self._tables: list = []       # weak references to the token embedding tables of prepared Embedding nodes
+                                      # (_consts keeps the uploaded ones alive while the backend lives)
         self._dummies: dict = {}
 
     # --- device memory (the ExecutionPlan and the generator allocate through these) ----------------------------
@@ -582,7 +584,7 @@ class CudaBackend:
                                                                gamma_of(inputs), None, None, shape, None,
                                                                colsum_dev, stats=stats)
                 # the second GEMM asks _gemv_takes too (run_linear): asking it here keeps the two in step
-                if pro is not None and self._gemv_takes(pro, s.reshape(M, E), N1, gemm1.W_KN):
+                if pro is not None and self._gemv_takes(pro, s.reshape(M, E), N1, gemm1.W_KN, gemm1.W_NK_tied):
                     self._gemv_mma(scratch, gemm0.W_KN, bias0, node.input(7) is not None, "none", x0_MK,
                                    s.reshape(M, E), None, (r.reshape(M, E), stats))
                     ys = run_linear([None, _input(inputs, 4), _input(inputs, 5)],
@@ -718,7 +720,7 @@ class CudaBackend:
             lead = x.shape[:-1]
             M = math.prod(lead)
             x_MK = self._contiguous(x).reshape(M, gemm.K)
-            if prologue is not None and not self._gemv_takes(prologue, x_MK, N, gemm.W_KN):
+            if prologue is not None and not self._gemv_takes(prologue, x_MK, N, gemm.W_KN, gemm.W_NK_tied):
                 x_MK, prologue = prologue.normed().reshape(M, gemm.K), None      # the norm kernel first
             if split:
                 base = _split_base(out, M, N, split)
@@ -863,13 +865,13 @@ class CudaBackend:
 
     def _tie_head(self, gemm, W_KN) -> None:
         """Point a wide GEMM's W_NK at the device table of a prepared token embedding when W is that table
-        transposed (an LM head tied to it, values compared: plan.structure.tied), so that one-row GEMVs read it in
+        transposed (an LM head tied to it, values compared: plan.structure.tied_to_embedding), so that one-row GEMVs read it in
         place; nothing when EETJIT_GEMV_TIED_HEAD=0 or no table matches."""
         if not self.gemv_tied_head or np.ndim(W_KN) != 2:
             return
         for ref in self._tables:
             table = ref()
-            if table is not None and np.shape(table) == np.shape(W_KN)[::-1] and tied(np.asarray(W_KN), table):
+            if table is not None and np.shape(table) == np.shape(W_KN)[::-1] and tied_to_embedding(np.asarray(W_KN), table):
                 gemm.W_NK, gemm.W_NK_tied = self._upload_const(table, self.dtype), True
                 return
 
@@ -903,7 +905,7 @@ class CudaBackend:
         return (0 < M <= self.gemv_max_m and (N <= self.gemv_max_n or tied_head) and self.gemv_nk
                 and self._rows_of_vectors(x_MK))
 
-    def _gemv_takes(self, prologue, x_MK, N, W_KN) -> bool:
+    def _gemv_takes(self, prologue, x_MK, N, W_KN, tied_head=False) -> bool:
         """Whether a GEMV computes this norm prologue itself, every operand of the norm contiguous and aligned:
         gemv_nk where it runs, K up to GEMV_NORM_MAX_K (each lane group holds the row in registers); gemv_mma
         where it runs with one k range (a block holds all of K, so it can take the rows' statistics), up to
@@ -919,7 +921,7 @@ class CudaBackend:
         if M > self.gemv_max_m:
             return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN)
                     and self._mma_ksplit(K)[0] == 1)
-        return K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N)
+        return K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N, tied_head)
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:

@@ -87,7 +87,7 @@ def _equal_transposed(w: np.ndarray, wte: np.ndarray) -> bool:
     return True
 
 
-def tied(w: np.ndarray, wte: np.ndarray) -> bool:
+def tied_to_embedding(w: np.ndarray, wte: np.ndarray) -> bool:
     """Whether the LM head weight w is the token embedding transposed, remembered for the last pair of
     read-only arrays (`fuse` and `Session` both call find_structure on the same graph; the loader's weights
     are read-only arrays, and rewrites replace constants rather than write into them)."""
@@ -145,7 +145,7 @@ def find_structure(graph: Graph) -> Structure | None:
         if p is not None and p.domain == "eet" and p.op_type == "Linear":
             lm_head = p.name
             w = p.inputs[1].const
-            tied = w is not None and w.shape == (hidden, vocab) and tied(w, wte)
+            tied = w is not None and w.shape == (hidden, vocab) and tied_to_embedding(w, wte)
     return Structure(kind=kind, input_ids=ids.name, attention_mask=None if mask is None else mask.name,
                      token_type_ids=None if type_ids is None else type_ids.name, output=out.name, hidden=int(hidden),
                      vocab=int(vocab), num_layers=len(attn), layers=layers, positions=positions,

@@ -284,7 +284,8 @@ def test_gemv_nk_columns_a_group_rule():
 def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype, tie):
     """An LM head wider than GEMV_MAX_N whose weight equals the token embedding transposed (a separate array: the
     values are compared) runs on gemv_nk at one row and reads the embedding's device table in place, no [N, K] copy;
-    an untied head, or EETJIT_GEMV_TIED_HEAD off, stays with the GEMM. Every result against the reference."""
+    an untied head, or EETJIT_GEMV_TIED_HEAD off, stays with the GEMM, as do two rows. Every result against the
+    reference."""
     backend = get_backend(dtype)
     rng = np.random.default_rng(3)
     V, E = pick((40, 16), (1000, 64))
@@ -293,13 +294,14 @@ def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype
     monkeypatch.setattr(backend, "gemv_tied_head", tie != "off")
     wte = values(rng, (V, E))
     W = np.ascontiguousarray(wte.T) if tie != "untied" else values(rng, (E, V))
-    ge, emb = single_node("Embedding", [np.array([[1, 3]], np.int64), None, wte], {}, const={2})
-    backend.prepare(emb, ge)          # a session prepares the Embedding before the head
-    table = backend._upload_const(emb.inputs[2].const, backend.dtype)
-    weights = []
+    launches = []
     launch = backend.dev.launch
-    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, threads, *a: (weights.append(a[1]) if len(a) > 1
-                                                                               else None, launch(kern, grid, threads, *a)))
+    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, threads, *a: (launches.append(a),
+                                                                               launch(kern, grid, threads, *a)))
+    ge, emb = single_node("Embedding", [np.array([[1, 3]], np.int64), None, wte], {}, const={2})
+    backend.prepare(emb, ge)([np.array([[1, 3]], np.int64)], None)   # a session prepares it before the head
+    table = next(a for a in launches[-1] if getattr(a, "shape", None) == (V, E))     # the table it read
+    launches.clear()
     backend._kernels.clear()
     x = values(rng, (1, 1, E)) / np.sqrt(E)
     g, node = single_node("Linear", [x, W, None], {"activation": "none"}, const={1})
@@ -307,4 +309,9 @@ def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype
     assert_close(run_cuda(backend, g, node, [x, W, None]), want, dtype, _scale(dtype, E))
     ran = {memo[0] for memo in backend._kernels}
     assert ("gemv_nk" in ran) == (tie == "tied"), ran
-    assert any(w is table for w in weights) == (tie == "tied")
+    assert any(a[1] is table for a in launches if len(a) > 1) == (tie == "tied")
+    launches.clear()          # two rows (a prompt's): the GEMM over the stored weight, tied or not
+    x2 = values(rng, (1, 2, E)) / np.sqrt(E)
+    want = reference(g, node, [rounded(x2, dtype), rounded(W, dtype), None])
+    assert_close(run_cuda(backend, g, node, [x2, W, None]), want, dtype, _scale(dtype, E))
+    assert not any(a[1] is table for a in launches if len(a) > 1)
