@@ -787,8 +787,7 @@ class CudaBackend:
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
             kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
             self.dev.launch(kern, -(-N // (t["groups"] * t["cpg"])), t["lanes"] * t["groups"], x_MK,
-                            self._w_nk(gemm, N, K),
-                            bias_N, y_MN, *args)
+                            self._w_nk(gemm, N, K), bias_N, y_MN, *args)
             return True
         if self.gemv_nk or N > self.gemv_max_n:
             return False
@@ -865,13 +864,14 @@ class CudaBackend:
 
     def _tie_head(self, gemm, W_KN) -> None:
         """Point a wide GEMM's W_NK at the device table of a prepared token embedding when W is that table
-        transposed (an LM head tied to it, values compared: plan.structure.tied_to_embedding), so that one-row GEMVs read it in
-        place; nothing when EETJIT_GEMV_TIED_HEAD=0 or no table matches."""
+        transposed (an LM head tied to it, values compared: plan.structure.tied_to_embedding), so that one-row
+        GEMVs read it in place; nothing when EETJIT_GEMV_TIED_HEAD=0 or no table matches."""
         if not self.gemv_tied_head or np.ndim(W_KN) != 2:
             return
         for ref in self._tables:
             table = ref()
-            if table is not None and np.shape(table) == np.shape(W_KN)[::-1] and tied_to_embedding(np.asarray(W_KN), table):
+            if (table is not None and np.shape(table) == np.shape(W_KN)[::-1]
+                    and tied_to_embedding(np.asarray(W_KN), table)):
                 gemm.W_NK, gemm.W_NK_tied = self._upload_const(table, self.dtype), True
                 return
 

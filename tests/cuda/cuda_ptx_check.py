@@ -105,10 +105,10 @@ def _plain_cases():
                                        m_rows=M, k=K, n=N - N % 8, ksplit=-(-K // 32), activation=act,
                                        has_bias=True, vec=True), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]"]
-        # 4 warps a column, their vectors ragged: 2 columns a group (fp16)
+        # 4 warps a column, a thin last round of vectors: 2 columns a group (fp16)
         yield dt, "gemv_nk", dict(_nk(6400, dt), m_rows=1, k=6400, n=1600, activation="relu",
                                   has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
-        if dt != "float32":     # XL-size q/k/v: the folded prologue with 2 columns a group (ragged vectors)
+        if dt != "float32":     # XL-size q/k/v: the folded prologue, 2 columns a group (a thin last round)
             yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
                                       epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2]

@@ -149,7 +149,8 @@ def test_gemv_many_chunks(where, monkeypatch, M, K, N, dtype, kernel):
     monkeypatch.setattr(backend, "gemv_nk_cpg", 3 if kernel == "nk3" else backend.gemv_nk_cpg)
     grids = []
     launch = backend.dev.launch
-    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, *a: (grids.append((kern, grid)), launch(kern, grid, *a)))
+    monkeypatch.setattr(backend.dev, "launch",
+                        lambda kern, grid, *a: (grids.append((kern, grid)), launch(kern, grid, *a)))
     try:
         _path(backend, {"nk": "gemv-nk", "nk3": "gemv-nk", "tc": "gemv-tc", "vec": "gemv", "scalar": "gemv-scalar",
                         "mma": "gemv-mma"}[kernel])
@@ -256,8 +257,8 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
                                          ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
-                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"), ("EETJIT_GEMV_NK_CPG", "9"),
-                                         ("EETJIT_ATTENTION_MIN_CHUNK", "0")])
+                                         ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"),
+                                         ("EETJIT_GEMV_NK_CPG", "9"), ("EETJIT_ATTENTION_MIN_CHUNK", "0")])
 def test_gemv_tunes_out_of_range_name_the_variable(where, monkeypatch, name, value):
     """An A/B knob set to a tile the kernels cannot run is refused when the backend is made, naming the knob."""
     from eetjit.backends.cuda import CudaBackend
