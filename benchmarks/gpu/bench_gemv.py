@@ -86,16 +86,7 @@ def main(argv=None) -> int:
               + [(f"gemv_nk cpg {c}", ("nk", vpl, c)) for c in args.nk_cpg]) or [("gemv_nk", ("nk", vpl, cpg))]
         tc = [(f"gemv_tc {v}", ("tc", v)) for v in args.tc_tunes]
         for label, tune in variants + (nk if M == 1 else []) + (tc if M <= 32 else []):
-            is_nk = isinstance(tune, tuple)
-            be.gemv_max_m = M if is_nk else 0
-            be.gemv_mma_max_m = 0 if tune is None or is_nk else M
-            be.gemv_tc = is_nk and tune[0] == "tc"
-            if be.gemv_tc:
-                be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
-            elif is_nk:
-                be.gemv_nk_max_vpl, be.gemv_nk_cpg = tune[1], tune[2]
-            elif tune is not None:
-                be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
+            _use(be, M, tune)
             times, outs = [], {}
             try:
                 for name, *_ in projections:
@@ -126,6 +117,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def _use(be, M, tune) -> None:
+    """Route M-row GEMMs to one variant: None cuBLASLt, "vw,warps,steps" a gemv_mma tile, ("nk", vpl limit,
+    columns a group) gemv_nk, ("tc", "ct,warps,unroll") a gemv_tc tile."""
+    kind = tune[0] if isinstance(tune, tuple) else None
+    be.gemv_max_m = M if kind else 0
+    be.gemv_mma_max_m = M if tune is not None and not kind else 0
+    be.gemv_tc = kind == "tc"
+    if kind == "tc":
+        be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
+    elif kind == "nk":
+        be.gemv_nk_max_vpl, be.gemv_nk_cpg = tune[1], tune[2]
+    elif tune is not None:
+        be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
+
+
 def timed(dev, fn, repeats) -> float:
     """us per replay of fn captured as one graph."""
     import cupy
@@ -150,17 +156,11 @@ def head(be, op, M, args, rng, bw) -> None:
     tokens = be.zeros((M,), np.int64)
     print(f"  LM head [{E} x {V}] at M = {M}, floor {E * V * 2 / bw * 1e6:.2f} us:", flush=True)
     ref = None
-    nk = [("gemv_nk", ("nk",))] if M == 1 else []
+    nk = [("gemv_nk", ("nk", be.gemv_nk_max_vpl, be.gemv_nk_cpg))] if M == 1 else []
     tc = [(f"gemv_tc {t}", ("tc", t)) for t in args.tc_tunes] if M <= 32 else []
     for label, tune in [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes] + nk + tc:
-        is_nk = isinstance(tune, tuple)
-        be.gemv_max_m, be.gemv_max_n = (M if is_nk else 0), (1 << 30) if tune else 16384
-        be.gemv_mma_max_m = M if tune and not is_nk else 0
-        be.gemv_tc = is_nk and tune[0] == "tc"
-        if be.gemv_tc:
-            be.gemv_tc_tune = dict(zip(("ct", "warps", "unroll"), (int(v) for v in tune[1].split(","))))
-        elif tune and not is_nk:
-            be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
+        _use(be, M, tune)
+        be.gemv_max_n = (1 << 30) if tune else 16384
         try:
             t = timed(be.dev, lambda: op([x, None, None], [y]), args.repeats)
         except Exception as e:

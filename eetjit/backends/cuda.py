@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterable
@@ -369,8 +368,7 @@ class CudaBackend:
         self.host_roundtrips = 0      # fallback ops that had to copy device data to the host (not capturable)
         self._kernels: dict = {}
         self._consts: dict = {}       # (id(host array), dtype, how) -> (host array, device array)
-        self._tables: list = []       # weak references to the token embedding tables of prepared Embedding nodes
-                                      # (_consts keeps the uploaded ones alive while the backend lives)
+        self._tables: list = []       # the token embedding tables (host) of prepared Embedding nodes (_tie_head)
         self._dummies: dict = {}
 
     # --- device memory (the ExecutionPlan and the generator allocate through these) ----------------------------
@@ -868,10 +866,8 @@ class CudaBackend:
         GEMVs read it in place; nothing when EETJIT_GEMV_TIED_HEAD=0 or no table matches."""
         if not self.gemv_tied_head or np.ndim(W_KN) != 2:
             return
-        for ref in self._tables:
-            table = ref()
-            if (table is not None and np.shape(table) == np.shape(W_KN)[::-1]
-                    and tied_to_embedding(np.asarray(W_KN), table)):
+        for table in self._tables:
+            if np.shape(table) == np.shape(W_KN)[::-1] and tied_to_embedding(np.asarray(W_KN), table):
                 gemm.W_NK, gemm.W_NK_tied = self._upload_const(table, self.dtype), True
                 return
 
@@ -965,8 +961,9 @@ class CudaBackend:
     def _prepare_Embedding(self, node):
         wte, wpe, wtt = (self._operand(node, i) for i in (2, 3, 5))
         if node.input(2) is not None and node.inputs[2].is_const:      # for an LM head tied to it (_tie_head)
-            table = node.inputs[2].const
-            self._tables = [r for r in self._tables if r() is not None and r() is not table] + [weakref.ref(table)]
+            table = node.inputs[2].const      # kept alive by _consts (uploaded above) as long as the backend
+            if not any(t is table for t in self._tables):
+                self._tables.append(table)
         gamma, beta = self._operand(node, 6, np.float32), self._operand(node, 7, np.float32)
         consts = dict(has_positions=node.input(3) is not None, has_token_types=node.input(5) is not None,
                       has_norm=node.input(6) is not None, has_beta=node.input(7) is not None,

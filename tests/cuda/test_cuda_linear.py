@@ -167,8 +167,8 @@ def test_gemv_many_chunks(where, monkeypatch, M, K, N, dtype, kernel):
         assert ran == (set() if K % per_load else {"tc"} if dtype != "float32" and M <= GEMV_TC_MAX_M else {"nk"}), ran
     elif kernel in ("nk", "nk3"):
         assert ran == ({"nk"} if K % per_load == 0 else set()), ran
-        lanes = {dict(memo[2])["lanes"] for memo in backend._kernels if memo[0] == "gemv_nk"}
         nk = {fn: dict(memo[2]) for memo, fn in backend._kernels.items() if memo[0] == "gemv_nk"}
+        lanes = {c["lanes"] for c in nk.values()}
         assert {c["cpg"] for c in nk.values()} <= {3 if kernel == "nk3" else backend._nk_tune(K)["cpg"]}
         assert {grid for kern, grid in grids if kern in nk} == \
             {-(-N // (c["groups"] * c["cpg"])) for c in nk.values()}
