@@ -3,6 +3,7 @@ key's hash), and render it with the specialization constants."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jinja2
@@ -80,8 +81,32 @@ def _read_source(op: str, folder: Path, stamps: dict) -> str:
         except jinja2.TemplateNotFound:
             raise FileNotFoundError(f"no {folder.name} template {name!r} in {folder}") from None
         seen[name] = text
-        todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
+        todo += _referenced(env, text)
     return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
+
+
+# A tag that names another template, and a name written as a plain string literal. Jinja's own parse finds the
+# same names (the test compares them for every shipped template) but costs ~20 ms a template, most of a warm
+# start's work to key the kernels (benchmarks/gpu/NOTES.md, session 16).
+_TAG = re.compile(r"\{%[-+]?\s*(?:import|from|include|extends)\b(.*?)[-+]?%\}", re.S)
+_LITERAL = re.compile(r"""\s*(?:"([^"\\]+)"|'([^'\\]+)')\s*(?:$|(?:as|import|with|without|ignore)\s)""")
+_COMMENT = re.compile(r"\{#.*?#\}", re.S)
+
+
+def _referenced(env: jinja2.Environment, text: str) -> list[str]:
+    """The templates `text` imports, includes or extends. A name that is not a string literal (a variable, a
+    list, a conditional) or a `raw` block sends the text through Jinja's parser instead."""
+    def parsed():
+        return [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
+    if re.search(r"\{%[-+]?\s*raw\b", text):
+        return parsed()
+    names = []
+    for tag in _TAG.finditer(_COMMENT.sub("", text)):
+        literal = _LITERAL.match(tag.group(1) + " ")
+        if literal is None:
+            return parsed()
+        names.append(literal.group(1) or literal.group(2))
+    return names
 
 
 def render(key: SpecKey, templates_dir=None) -> str:

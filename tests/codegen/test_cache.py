@@ -2,6 +2,7 @@
 
 Every test uses constants no other test uses (an odd epsilon or scale), so its kernel starts uncompiled.
 """
+import importlib
 import json
 import os
 import shutil
@@ -52,6 +53,36 @@ def test_key_is_order_free_and_sees_every_part():
 def test_template_source_includes_the_macros():
     src = codegen.template_source("attention")
     assert "=== _macros.j2" in src and "=== attention.py.j2" in src
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_template_references_found_without_a_parse_match_jinjas(target):
+    """The key's template text follows the references found by a scan of the tags; Jinja's parse (which the scan
+    replaces for speed) must find the same ones in every shipped template."""
+    import jinja2.meta
+    render = importlib.import_module("eetjit.codegen.render")   # the module (codegen.render is the function)
+    folder = render.templates_root() / target
+    env = render._environment(folder)
+    for path in sorted(folder.glob("*.j2")):
+        text = path.read_text()
+        parsed = [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
+        assert sorted(render._referenced(env, text)) == sorted(parsed), path.name
+
+
+@pytest.mark.parametrize("text, names", [
+    ('{% import "_macros.j2" as m with context %}', ["_macros.j2"]),
+    ("{%- from 'a.j2' import x, y -%}\n{% include \"b.j2\" ignore missing %}", ["a.j2", "b.j2"]),
+    ("{% extends 'base.j2' %}", ["base.j2"]),
+    ('{# {% include "commented.j2" %} #}', []),
+    ('{% include ["a.j2", "b.j2"] %}', ["a.j2", "b.j2"]),        # not a plain literal: Jinja's parse
+    ('{% include "a.j2" if x else "b.j2" %}', []),               # computed: Jinja cannot name it either
+    ('{% include "a" ~ b %}{% import "c.j2" as c %}', ["c.j2"]),
+    ('{% raw %}{% include "not_a_tag.j2" %}{% endraw %}', []),
+])
+def test_template_references_of_each_tag_form(text, names):
+    render = importlib.import_module("eetjit.codegen.render")
+    env = render._environment(render.templates_root() / "cpu")
+    assert sorted(render._referenced(env, text)) == names
 
 
 def test_ten_calls_one_compile(backend):
