@@ -322,10 +322,15 @@ def sec_compile(args) -> dict:
     runs = [("cold", "plain"), ("warm", "plain")]
     if args.compile_profile:
         runs += [("cold_profiled", "profile"), ("warm_profiled", "profile")]
+    # Python writes its bytecode caches as on any install: the GPU machine sets PYTHONDONTWRITEBYTECODE, so there
+    # every process compiled eetjit's modules, the rendered kernel modules and the wheels run.sh installs (with
+    # --no-compile) from source, ~0.5 s of each warm start that no user would pay (benchmarks/gpu/NOTES.md,
+    # session 16). The cold run writes them; the warm run reads them.
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for label, mode in runs:
         if label.startswith("cold"):
             cache = Path(tempfile.mkdtemp(prefix="eetjit-cold-cache-"))
-            env = {**os.environ, "EETJIT_CACHE_DIR": str(cache)}
+            env = {**base_env, "EETJIT_CACHE_DIR": str(cache)}
         t = time.perf_counter()
         p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(args.model), mode], env=env,
                            capture_output=True, text=True, timeout=max(10, args.section_timeout - 5))

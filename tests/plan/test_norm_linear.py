@@ -218,17 +218,21 @@ def test_fold_affine_small_graph_numbers():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_fold_affine_stores_the_rounded_weight():
+@pytest.mark.parametrize("store", ["float16", "bfloat16"])
+def test_fold_affine_stores_the_rounded_weight(store):
     """store_dtype: W' = diag(gamma) W rounded once to that type (the backend uploads it as it is)."""
+    import ml_dtypes
     from eetjit.plan.norm_linear import fold_norm_affine
+    dt = np.dtype(np.float16 if store == "float16" else ml_dtypes.bfloat16)
     g = _norm_then_linear("LayerNorm")
     lin = next(n for n in g.nodes if n.op_type == "Linear")
     norm = next(n for n in g.nodes if n.op_type == "LayerNorm")
     W, gamma = lin.input(1).const, norm.input(1).const
-    assert fold_norm_affine(g, np.float16) == 1
+    assert fold_norm_affine(g, dt) == 1
     got = lin.input(1).const
-    assert got.dtype == np.float16
-    np.testing.assert_array_equal(got, (W * gamma[:, None].astype(np.float32)).astype(np.float16))
+    assert got.dtype == dt
+    want = (W * gamma[:, None].astype(np.float32)).astype(dt)
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
 # --- fold_producer_linear: the Linear making a residual summand goes into the NormLinear reading the sum ----------
