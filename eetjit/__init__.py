@@ -38,7 +38,8 @@ def _start_device_setup(device: str):
     """CUDA: import CuPy and Numba's CUDA target, create the context and stream, and load Numba's lowering
     registries (which its first kernel load from the disk cache would do, ~0.45 s on the GPU machine) in a thread,
     while this one reads and fuses the model (benchmarks/gpu/NOTES.md, sessions 4 and 16). nvmath is left to the
-    first GEMM that needs cuBLASLt: a one-row decode and a short prompt have none.
+    first GEMM that needs cuBLAS(Lt): a one-row decode and a prompt under 16 tokens have none (prompt attention
+    from 16 query rows and GEMMs past 32 rows do, and then import it in their first generate).
     Best effort: a failure here is left for the Session to meet, and report, on its own thread."""
     import os
     if device != "cuda" or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
@@ -60,8 +61,10 @@ def _start_device_setup(device: str):
                 sys.modules["cupy"].cuda.Device(device_id).use()
             from eetjit.backends.cuda_device import get_device
             get_device()
+            from numba.cuda.core.compiler_lock import global_compiler_lock
             from numba.cuda.descriptor import cuda_target
-            cuda_target.target_context.refresh()
+            with global_compiler_lock:          # as Numba itself refreshes (another thread may be compiling)
+                cuda_target.target_context.refresh()
         except Exception:   # noqa: BLE001 - reported by the Session when it needs the device
             pass
     thread = threading.Thread(target=setup, name="eetjit-cuda-setup", daemon=True)

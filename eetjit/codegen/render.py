@@ -41,8 +41,8 @@ def template_name(op: str) -> str:
     return f"{op}.py.j2"
 
 
-# (folder, op) -> ({file: (mtime_ns, size)}, source): parsing a template for its imports costs ~10-20 ms, and a
-# session asks for every kernel's key; a file whose stat changed is read again.
+# (folder, op) -> ({file: (mtime_ns, size)}, source): a session asks for every kernel's key, and reading a template
+# with its imports each time would read the files again; a file whose stat changed is read again.
 _sources: dict[tuple[Path, str], tuple[dict, str]] = {}
 
 
@@ -85,23 +85,34 @@ def _read_source(op: str, folder: Path, stamps: dict) -> str:
     return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
 
 
-# A tag that names another template, and a name written as a plain string literal. Jinja's own parse finds the
-# same names (the test compares them for every shipped template) but costs ~20 ms a template, most of a warm
-# start's work to key the kernels (benchmarks/gpu/NOTES.md, session 16).
-_TAG = re.compile(r"\{%[-+]?\s*(?:import|from|include|extends)\b(.*?)[-+]?%\}", re.S)
+# The text as Jinja's lexer cuts it: comments, then `{% %}` and `{{ }}` with the quoted strings inside them taken
+# whole (a `{#` or `%}` in a string is no delimiter). A `{% %}` tag that names another template, and a name written
+# as a plain string literal. Jinja's own parse finds the same names (the tests compare them for every shipped
+# template and for each tag form) but costs ~20 ms a template: ~0.4 s of a warm start's first generate on the GPU
+# machine, over GPT-2's kernels (benchmarks/gpu/NOTES.md, session 16).
+_PIECE = re.compile(r"""\{#.*?#\}|\{[{%](?:"[^"]*"|'[^']*'|[^"'])*?[}%]\}""", re.S)
+_TAG = re.compile(r"\{%[-+]?\s*(?:import|from|include|extends)\b(.*?)[-+]?%\}\Z", re.S)
 _LITERAL = re.compile(r"""\s*(?:"([^"\\]+)"|'([^'\\]+)')\s*(?:$|(?:as|import|with|without|ignore)\s)""")
-_COMMENT = re.compile(r"\{#.*?#\}", re.S)
 
 
 def _referenced(env: jinja2.Environment, text: str) -> list[str]:
     """The templates `text` imports, includes or extends. A name that is not a string literal (a variable, a
-    list, a conditional) or a `raw` block sends the text through Jinja's parser instead."""
+    list, a conditional), a backslash in a tag or expression (an escape in a string) or a `raw` block sends the
+    text through Jinja's parser instead, as does an environment with other delimiters or line statements."""
     def parsed():
         return [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
-    if re.search(r"\{%[-+]?\s*raw\b", text):
+    if (env.block_start_string, env.variable_start_string, env.comment_start_string) != ("{%", "{{", "{#") \
+            or env.line_statement_prefix or env.line_comment_prefix or re.search(r"\{%[-+]?\s*raw\b", text):
         return parsed()
     names = []
-    for tag in _TAG.finditer(_COMMENT.sub("", text)):
+    for piece in _PIECE.finditer(text):
+        if piece.group(0).startswith("{#"):
+            continue
+        if "\\" in piece.group(0):       # an escaped quote would end a string where the lexer does not
+            return parsed()
+        tag = _TAG.match(piece.group(0))
+        if tag is None:
+            continue
         literal = _LITERAL.match(tag.group(1) + " ")
         if literal is None:
             return parsed()

@@ -136,8 +136,9 @@ def fold_norm_affine(g: Graph, store_dtype=None) -> int:
     # NumPy's multiply and cast let go of the GIL: the weights fold side by side (each reader's weight is read by
     # that reader alone, so the jobs share nothing)
     jobs = [(gamma, beta, lin) for _, _, gamma, beta, _, users in folds for lin in users]
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(jobs)))) as pool:
-        results = iter(pool.map(fold, jobs))
+    with ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                        else os.cpu_count() or 1, len(jobs)))) as pool:
+        results = iter(list(pool.map(fold, jobs)))    # every fold done (or raised) before the graph changes
     for norm, gi, gamma, beta, K, users in folds:
         for lin in users:
             W = lin.input(1)
