@@ -36,10 +36,10 @@ def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int =
 
 def _start_device_setup(device: str):
     """CUDA: import CuPy and Numba's CUDA target, create the context and stream, and load Numba's lowering
-    registries (which its first kernel load from the disk cache would do, ~0.45 s on the GPU machine) in a thread,
-    while this one reads and fuses the model (benchmarks/gpu/NOTES.md, sessions 4 and 16). nvmath is left to the
-    first GEMM that needs cuBLAS(Lt): a one-row decode and a prompt under 16 tokens have none (prompt attention
-    from 16 query rows and GEMMs past 32 rows do, and then import it in their first generate).
+    registries (which its first kernel load from the disk cache would do, ~0.5-0.7 s on the GPU machine) in a
+    thread, while this one reads and fuses the model (benchmarks/gpu/NOTES.md, sessions 4 and 16). nvmath is left
+    to the first GEMM that goes to cuBLASLt or batched cuBLAS (GPT-2 in float16 at batch 1 with a prompt of up to
+    32 tokens has none; float32 GEMMs of 2 rows or more and untied LM heads do, and import it in the first generate).
     Best effort: a failure here is left for the Session to meet, and report, on its own thread."""
     import os
     if device != "cuda" or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):

@@ -324,8 +324,8 @@ def sec_compile(args) -> dict:
         runs += [("cold_profiled", "profile"), ("warm_profiled", "profile")]
     # Python writes its bytecode caches as on any install: the GPU machine sets PYTHONDONTWRITEBYTECODE, so there
     # every process compiled eetjit's modules, the rendered kernel modules and the wheels run.sh installs (with
-    # --no-compile) from source, ~0.5 s of each warm start that no user would pay (benchmarks/gpu/NOTES.md,
-    # session 16). The cold run writes them; the warm run reads them.
+    # --no-compile) from source, ~0.5-0.7 s of each warm start that no user would pay (benchmarks/gpu/NOTES.md,
+    # session 16). The cold run writes them (or finds them from an earlier run); the warm run reads them.
     base_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for label, mode in runs:
         if label.startswith("cold"):

@@ -41,8 +41,8 @@ def template_name(op: str) -> str:
     return f"{op}.py.j2"
 
 
-# (folder, op) -> ({file: (mtime_ns, size)}, source): a session asks for every kernel's key, and reading a template
-# with its imports each time would read the files again; a file whose stat changed is read again.
+# (folder, op) -> ({file: (mtime_ns, size)}, source): a session asks for every kernel's key; a stat of each file
+# instead of reading and scanning them all again. A file whose stat changed is read again.
 _sources: dict[tuple[Path, str], tuple[dict, str]] = {}
 
 
@@ -85,12 +85,13 @@ def _read_source(op: str, folder: Path, stamps: dict) -> str:
     return "".join(f"=== {name}\n{seen[name]}" for name in sorted(seen))
 
 
-# The text as Jinja's lexer cuts it: comments, then `{% %}` and `{{ }}` with the quoted strings inside them taken
-# whole (a `{#` or `%}` in a string is no delimiter). A `{% %}` tag that names another template, and a name written
+# The text cut into comments, `{% %}` tags and `{{ }}` expressions, each closed by its own closer and with the quoted
+# strings inside taken whole (a `{#` or `%}` in a string is no delimiter, a `}}` in a tag does not end it). A `{% %}` tag that names another template, and a name written
 # as a plain string literal. Jinja's own parse finds the same names (the tests compare them for every shipped
 # template and for each tag form) but costs ~20 ms a template: ~0.4 s of a warm start's first generate on the GPU
 # machine, over GPT-2's kernels (benchmarks/gpu/NOTES.md, session 16).
-_PIECE = re.compile(r"""\{#.*?#\}|\{[{%](?:"[^"]*"|'[^']*'|[^"'])*?[}%]\}""", re.S)
+_BODY = r"""(?:"[^"]*"|'[^']*'|[^"'])*?"""
+_PIECE = re.compile(r"\{#.*?#\}|\{%" + _BODY + r"%\}|\{\{" + _BODY + r"\}\}", re.S)
 _TAG = re.compile(r"\{%[-+]?\s*(?:import|from|include|extends)\b(.*?)[-+]?%\}\Z", re.S)
 _LITERAL = re.compile(r"""\s*(?:"([^"\\]+)"|'([^'\\]+)')\s*(?:$|(?:as|import|with|without|ignore)\s)""")
 
@@ -100,9 +101,11 @@ def _referenced(env: jinja2.Environment, text: str) -> list[str]:
     list, a conditional), a backslash in a tag or expression (an escape in a string) or a `raw` block sends the
     text through Jinja's parser instead, as does an environment with other delimiters or line statements."""
     def parsed():
-        return [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
-    if (env.block_start_string, env.variable_start_string, env.comment_start_string) != ("{%", "{{", "{#") \
-            or env.line_statement_prefix or env.line_comment_prefix or re.search(r"\{%[-+]?\s*raw\b", text):
+        return parsed_references(env, text)
+    delimiters = (env.block_start_string, env.block_end_string, env.variable_start_string, env.variable_end_string,
+                  env.comment_start_string, env.comment_end_string)
+    if delimiters != ("{%", "%}", "{{", "}}", "{#", "#}") or env.line_statement_prefix or env.line_comment_prefix \
+            or re.search(r"\{%[-+]?\s*raw\b", text):
         return parsed()
     names = []
     for piece in _PIECE.finditer(text):
@@ -118,6 +121,12 @@ def _referenced(env: jinja2.Environment, text: str) -> list[str]:
             return parsed()
         names.append(literal.group(1) or literal.group(2))
     return names
+
+
+def parsed_references(env: jinja2.Environment, text: str) -> list[str]:
+    """The templates Jinja's parse of `text` finds it importing, including or extending (names it cannot know
+    before rendering left out)."""
+    return [n for n in jinja2.meta.find_referenced_templates(env.parse(text)) if n is not None]
 
 
 def render(key: SpecKey, templates_dir=None) -> str:

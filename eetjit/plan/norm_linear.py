@@ -106,10 +106,11 @@ def fold_norm_affine(g: Graph, store_dtype=None) -> int:
     so both share the one folded copy of each weight. Only where every reader of the normalized output is a Linear
     taking it as x with a constant weight (and bias) read by nothing else, the output is not a graph output, and
     gamma and beta are constants. Returns the norms folded."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
+
+    from eetjit.codegen.workers import usable_cpus
     folds = []                  # (norm, gamma input index, gamma, beta, K, readers)
     for norm in [n for n in g.nodes if n.domain == "eet" and n.op_type in NORMS]:
         kind, add = NORMS[norm.op_type]
@@ -136,8 +137,9 @@ def fold_norm_affine(g: Graph, store_dtype=None) -> int:
     # NumPy's multiply and cast let go of the GIL: the weights fold side by side (each reader's weight is read by
     # that reader alone, so the jobs share nothing)
     jobs = [(gamma, beta, lin) for _, _, gamma, beta, _, users in folds for lin in users]
-    with ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                        else os.cpu_count() or 1, len(jobs)))) as pool:
+    if not jobs:
+        return 0
+    with ThreadPoolExecutor(min(8, usable_cpus(), len(jobs))) as pool:
         results = iter(list(pool.map(fold, jobs)))    # every fold done (or raised) before the graph changes
     for norm, gi, gamma, beta, K, users in folds:
         for lin in users:
