@@ -86,10 +86,10 @@ def _read_source(op: str, folder: Path, stamps: dict) -> str:
 
 
 # The text cut into comments, `{% %}` tags and `{{ }}` expressions, each closed by its own closer and with the quoted
-# strings inside taken whole (a `{#` or `%}` in a string is no delimiter, a `}}` in a tag does not end it). A `{% %}` tag that names another template, and a name written
-# as a plain string literal. Jinja's own parse finds the same names (the tests compare them for every shipped
-# template and for each tag form) but costs ~20 ms a template: ~0.4 s of a warm start's first generate on the GPU
-# machine, over GPT-2's kernels (benchmarks/gpu/NOTES.md, session 16).
+# strings inside taken whole (a `{#` or `%}` in a string is no delimiter, a `}}` in a tag does not end it); a tag
+# that names another template; a name written as a plain string literal. Jinja's own parse finds the same names
+# (the tests compare them for every shipped template and for each tag form) but costs ~20 ms a template: ~0.4 s of
+# a warm start's first generate on the GPU machine, over GPT-2's kernels (benchmarks/gpu/NOTES.md, session 16).
 _BODY = r"""(?:"[^"]*"|'[^']*'|[^"'])*?"""
 _PIECE = re.compile(r"\{#.*?#\}|\{%" + _BODY + r"%\}|\{\{" + _BODY + r"\}\}", re.S)
 _TAG = re.compile(r"\{%[-+]?\s*(?:import|from|include|extends)\b(.*?)[-+]?%\}\Z", re.S)
@@ -100,25 +100,23 @@ def _referenced(env: jinja2.Environment, text: str) -> list[str]:
     """The templates `text` imports, includes or extends. A name that is not a string literal (a variable, a
     list, a conditional), a backslash in a tag or expression (an escape in a string) or a `raw` block sends the
     text through Jinja's parser instead, as does an environment with other delimiters or line statements."""
-    def parsed():
-        return parsed_references(env, text)
     delimiters = (env.block_start_string, env.block_end_string, env.variable_start_string, env.variable_end_string,
                   env.comment_start_string, env.comment_end_string)
     if delimiters != ("{%", "%}", "{{", "}}", "{#", "#}") or env.line_statement_prefix or env.line_comment_prefix \
             or re.search(r"\{%[-+]?\s*raw\b", text):
-        return parsed()
+        return parsed_references(env, text)
     names = []
     for piece in _PIECE.finditer(text):
         if piece.group(0).startswith("{#"):
             continue
         if "\\" in piece.group(0):       # an escaped quote would end a string where the lexer does not
-            return parsed()
+            return parsed_references(env, text)
         tag = _TAG.match(piece.group(0))
         if tag is None:
             continue
         literal = _LITERAL.match(tag.group(1) + " ")
         if literal is None:
-            return parsed()
+            return parsed_references(env, text)
         names.append(literal.group(1) or literal.group(2))
     return names
 
