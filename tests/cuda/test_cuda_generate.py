@@ -322,15 +322,17 @@ def test_sim_folded_session_shares_its_weights(monkeypatch):
     prologue. From EETJIT_GEMV_MMA_STATS_MIN_M rows (2 here), the Linear that makes a residual sum goes into the
     NormLinear reading it (eetjit.plan.norm_linear.fold_producer_linear: every residual NormLinear, 2 per layer
     but the first) and gemv_mma runs the pair: the first GEMM adds the residual and writes the row statistics
-    (rstats), the second reads them (pstats). The tokens equal an unfolded session's."""
+    (rstats), the second reads them (pstats). The tokens equal an unfolded session's, whose GEMMs go to cuBLASLt
+    (in the simulator a float32 np.matmul: gemv_mma is the simulator's slowest kernel, and this test ran it twice)."""
     if not SIMULATED:
         pytest.skip("simulator run")
-    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_M", "32")
     prompts = PROMPTS[:3]
+    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_M", "0")
     monkeypatch.setenv("EETJIT_NORM_FOLD", "0")
     plain = _session("gpt2", "cuda", "float16")
     want = plain.generate(prompts, max_new_tokens=2)
     assert not plain.backend.fold_producer_linear
+    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_M", "32")
     monkeypatch.setenv("EETJIT_NORM_FOLD", "1")
     monkeypatch.setenv("EETJIT_GEMV_MMA_STATS_MIN_M", "2")
     sess = _session("gpt2", "cuda", "float16")
