@@ -12,6 +12,7 @@ override to its parent, so the base probes of a graph (one per config, cached on
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -114,6 +115,7 @@ class Probe:
         self.overrides = dict(overrides or {})
         self.identity = set(identity)       # ids of nodes evaluated as "output = data input" (scales, casts)
         self.memo: dict[Value, np.ndarray] = {}
+        self.shapes: dict[Value, tuple[int, ...] | None] = {}     # inferred (static_shape); None: not inferable
         self.binds = _bindings(graph, cfg)
         self.inputs = {id(v) for v in graph.inputs}
         self.downstream: set[int] | None = None
@@ -124,7 +126,8 @@ class Probe:
         return Probe(self.graph, self.cfg, overrides, identity, parent=self)
 
     # --- shapes -----------------------------------------------------------------------------------
-    def static_shape(self, v: Value) -> tuple[int, ...] | None:
+    def _known_shape(self, v: Value) -> tuple[int, ...] | None:
+        """v's shape where it is at hand: computed, overridden, a constant, or declared with bound dims."""
         if v in self.memo:
             return tuple(self.memo[v].shape)
         if v in self.overrides:
@@ -135,6 +138,60 @@ class Probe:
             return None
         dims = [_dim(d, self.binds) for d in v.shape]
         return None if any(d is None for d in dims) else tuple(dims)
+
+    def static_shape(self, v: Value) -> tuple[int, ...] | None:
+        """v's shape without computing a value: at hand, or inferred from its producer's input shapes (SHAPE_RULES)
+        where every input's shape is. Exports whose shape inference left a dim unnamed (ts17's 'unk__N' after
+        each Linear) would otherwise have the whole model run through the reference kernels to learn a shape."""
+        known = self._known_shape(v)
+        if known is not None or v.producer is None:
+            return known
+        if v not in self.shapes:
+            self._infer(v)
+        return self.shapes[v]
+
+    def _infer(self, v: Value) -> None:
+        """Fill self.shapes for v and what it needs, producers first (a loop, not recursion: the residual stream
+        of a deep model is a long chain)."""
+        stack = [v]
+        while stack:
+            cur = stack[-1]
+            if cur in self.shapes:
+                stack.pop()
+                continue
+            known = self._known_shape(cur)
+            node = cur.producer
+            rule = None if node is None else SHAPE_RULES.get((node.domain, node.op_type))
+            if known is not None or node is None or (rule is None and id(node) not in self.identity):
+                self.shapes[cur] = known
+                stack.pop()
+                continue
+            if id(node) in self.identity:          # a probe's pass-through scale or cast: its data input's shape
+                src = data_input(node)
+                if src not in self.shapes:
+                    stack.append(src)
+                    continue
+                self.shapes[cur] = self.shapes[src]
+                stack.pop()
+                continue
+            fn, needed = rule
+            needed = [x for i, x in enumerate(node.inputs) if x is not None and (needed is None or i in needed)]
+            missing = [x for x in needed if x not in self.shapes]
+            if missing:
+                stack.extend(missing)
+                continue
+            ins = [self.shapes.get(x) if x is not None else None for x in node.inputs]
+            outs = None
+            if all(self.shapes[x] is not None for x in needed):
+                try:
+                    outs = fn(node, ins, self)
+                except (ValueError, TypeError, IndexError, KeyError, ProbeError):
+                    outs = None
+            for i, o in enumerate(node.outputs):
+                if o is not None:
+                    self.shapes[o] = None if outs is None or i >= len(outs) else tuple(int(d) for d in outs[i])
+            self.shapes.setdefault(cur, None)
+            stack.pop()
 
     def shape(self, v: Value) -> tuple[int, ...]:
         s = self.static_shape(v)
@@ -220,6 +277,113 @@ def data_input(node: Node) -> Value:
         if v is not None and not v.is_const:
             return v
     return node.inputs[0]
+
+
+# --- shape rules (Probe.static_shape) ------------------------------------------------------------------------
+# (domain, op) -> (f, the inputs whose shapes f needs: indices, None for all). f(node, input shapes (None where absent
+# or not needed), probe) -> output shapes. Only ops whose output shapes follow from those input shapes, attributes
+# and small integer inputs (a Reshape's target, which the probe computes: Shape chains); f raises (ValueError etc.)
+# or returns None where it cannot tell, and the probe then computes the value. tests/rewrite/test_probe.py checks
+# every rule against the shapes the reference kernels produce.
+
+def _same(node, ins, probe):
+    return [ins[0]] * len(node.outputs)
+
+
+def _broadcast(node, ins, probe):
+    return [np.broadcast_shapes(*[s for s in ins if s is not None])] * len(node.outputs)
+
+
+def _matmul(node, ins, probe):
+    a, b = ins[0], ins[1]
+    if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
+        return None
+    return [np.broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1])]
+
+
+def _linear(node, ins, probe):                          # eet.Linear: x [..., K] @ W [K, N], split over N
+    x, w = ins[0], ins[1]
+    if len(w) != 2 or x[-1] != w[0]:
+        return None
+    split = node.attrs.get("split")
+    return [x[:-1] + (int(n),) for n in split] if split else [x[:-1] + (w[1],)]
+
+
+def _swiglu(node, ins, probe):
+    x, w = ins[0], ins[1]
+    return None if len(w) != 2 or x[-1] != w[0] else [x[:-1] + (w[1],)]
+
+
+def _heads(node, ins, probe):                           # eet.Attention: [B, S, heads * head_dim]
+    return [ins[0][:-1] + (int(node.attrs["num_heads"]) * int(node.attrs["head_dim"]),)]
+
+
+def _embedding(node, ins, probe):                       # eet.Embedding: ids [B, S] -> [B, S, E]
+    return [ins[0] + (ins[2][1],)]
+
+
+def _gather(node, ins, probe):
+    data, idx = ins[0], ins[1]
+    axis = int(node.attrs.get("axis", 0))
+    axis += len(data) if axis < 0 else 0
+    if not 0 <= axis < len(data):
+        return None
+    return [data[:axis] + idx + data[axis + 1:]]
+
+
+def _split(node, ins, probe):
+    x = ins[0]
+    axis = int(node.attrs.get("axis", 0))
+    axis += len(x) if axis < 0 else 0
+    if not 0 <= axis < len(x):
+        return None
+    opset = probe.graph.opset()
+    if opset < 13:
+        sizes = node.attrs.get("split")
+    else:
+        s = node.inputs[1] if len(node.inputs) > 1 else None
+        if s is not None and not s.is_const:
+            return None
+        sizes = None if s is None else [int(d) for d in s.const.reshape(-1)]
+    n = len(node.outputs)
+    if sizes is None:
+        n = int(node.attrs.get("num_outputs", n)) if opset >= 18 else n
+        chunk = -(-x[axis] // n)
+        sizes = [min(chunk, max(x[axis] - i * chunk, 0)) for i in range(n)]
+    if sum(sizes) != x[axis] or len(sizes) != len(node.outputs):
+        return None
+    return [x[:axis] + (int(d),) + x[axis + 1:] for d in sizes]
+
+
+def _reshape(node, ins, probe):
+    x = ins[0]
+    target = [int(d) for d in np.asarray(probe.value(node.inputs[1])).reshape(-1)]
+    if not node.attrs.get("allowzero", 0):
+        target = [x[i] if d == 0 and i < len(x) else d for i, d in enumerate(target)]
+    if target.count(-1) == 1:
+        rest = math.prod(d for d in target if d != -1)
+        if rest <= 0 or math.prod(x) % rest:
+            return None
+        target[target.index(-1)] = math.prod(x) // rest
+    return [tuple(target)] if min(target, default=0) >= 0 and math.prod(target) == math.prod(x) else None
+
+
+SHAPE_RULES = {
+    **{("", op): (_same, (0,)) for op in ("Cast", "Neg", "Cos", "Sin", "Tanh", "Relu", "Sigmoid", "Erf", "Sqrt",
+                                          "Exp", "Log", "Abs", "Reciprocal", "Not", "Identity", "Softmax", "Gelu")},
+    **{("", op): (_broadcast, None) for op in ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Equal", "Less",
+                                               "Greater", "LessOrEqual", "GreaterOrEqual", "Where", "Max", "Min")},
+    ("", "MatMul"): (_matmul, None),
+    ("", "Gather"): (_gather, None),
+    ("", "Split"): (_split, (0,)),
+    ("", "Reshape"): (_reshape, (0,)),
+    **{("eet", op): (_same, (0,)) for op in ("LayerNorm", "RMSNorm", "Rotary")},
+    **{("eet", op): (_broadcast, (0, 1)) for op in ("AddLayerNorm", "AddRMSNorm")},
+    ("eet", "Linear"): (_linear, (0, 1)),
+    ("eet", "SwiGLU"): (_swiglu, (0, 1)),
+    ("eet", "Attention"): (_heads, (0,)),
+    ("eet", "Embedding"): (_embedding, (0, 2)),
+}
 
 
 def _downstream(values: list[Value]) -> set[int]:
