@@ -77,8 +77,11 @@ ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
 # (benchmarks/gpu/ab_decode.sh)
 ATTENTION_VEC_TUNE_ENV = "EETJIT_ATTENTION_VEC_TUNE"
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns. H200, GPT-2
-# small B1 x 64 + 128 new (session 15, replay ms/step): 0.209 with 3 splits of at most 64 columns a head; one block a
-# head (MIN_CHUNK 256) 0.222, with 256 / 512 threads 0.231 / 0.252; 256 threads split 0.211
+# small B1 x 64 + 128 new (session 15, replay ms/step): 0.209 with the default (a cache of 208 columns: 4 splits of 52,
+# so the dynamic scheme below, whose rows of up to 256 live columns run in their first split alone; session 17);
+# one block a head (MIN_CHUNK 256: the unsplit kernel) 0.222, with 256 / 512 threads 0.231 / 0.252; 256 threads
+# split 0.211. Session 17: the fixed scheme there (all 4 splits take part, the last block merges) 0.224-0.225 against
+# 0.203-0.204, and no better with the merge moved into the output projection's GEMV (benchmarks/gpu/NOTES.md).
 ATTENTION_BLOCKS_PER_SM = {"gpu": 8, "sim": 4}
 ATTENTION_MIN_CHUNK = {"gpu": 64, "sim": 4}
 ATTENTION_MIN_CHUNK_ENV = "EETJIT_ATTENTION_MIN_CHUNK"   # A/B knob: overrides ATTENTION_MIN_CHUNK
