@@ -5,7 +5,9 @@ those compute. Rather than match every spelling, the rules evaluate the subgraph
 (several B, S, left/right/both-sided padding) and compare with the semantics the fused op implements.
 
 `Probe` is a lazy, memoized evaluator: asking for one value runs only the nodes it depends on, `Shape` of a
-value whose shape inference knows its dims (in terms of the graph inputs' symbols) costs nothing, and
+value costs nothing where its dims are known without computing it (declared in terms of the graph inputs'
+symbols, or inferred from its producer's input shapes by SHAPE_RULES, below: ts17 exports leave the dims after
+each projection unnamed), and
 `overrides` inject chosen arrays (e.g. index codes at a projection output, to trace a layout through
 Reshape/Transpose chains). A child probe (with overrides) delegates every value that is not downstream of an
 override to its parent, so the base probes of a graph (one per config, cached on the graph) are computed once.
