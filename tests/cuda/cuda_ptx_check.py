@@ -25,18 +25,19 @@ FP = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 
 def cases(quick=False):
     """(dtype, op, consts, argument types) per kernel; quick: half types only, float16 the first size of each
-    variant (attention_vec: the head dims of each lane count, 32 / 64 / 80 / 256, 80 for the ragged rows),
-    bfloat16 the first case of each kernel and of each norm prologue / row statistics variant (they convert the
-    stored words themselves), whose code otherwise differs from float16's only in its loads, stores and
-    conversions (the full run compiles every case)."""
+    variant (attention_vec: a head dim of each lane count, 32 / 64 / 128 / 256, and 80 for ragged rows), bfloat16
+    the first case of each kernel and of each variant that loads or converts its words differently (norm prologue,
+    row statistics, vector width, the decode step's fused write and pipelined tiles); bfloat16 code otherwise
+    differs from float16's only in its loads, stores and conversions (the full run compiles every case)."""
     seen = set()
     for c in _cases():
         if quick:
             k = c[2]
-            if c[1] == "attention_vec" and k.get("head_dim") in (96, 128):
+            if c[1] == "attention_vec" and k.get("head_dim") == 96:
                 continue
-            prologue = (k.get("norm"), k.get("fold"), k.get("rstats"), k.get("pstats"))
-            key = (c[0], c[1], *prologue) if c[0] == "bfloat16" else (
+            loads = (k.get("norm"), k.get("fold"), k.get("rstats"), k.get("pstats"), k.get("vec"), k.get("vw"),
+                     k.get("fused_write"), k.get("pipeline"))
+            key = (c[0], c[1], *loads) if c[0] == "bfloat16" else (
                 c[0], c[1], k.get("layout"), k.get("split"), k.get("activation"), k.get("causal"),
                 k.get("fused_write"), k.get("ksplit"), k.get("head_dim") if c[1] == "attention_vec" else None,
                 k.get("vec"), k.get("has_ids"), k.get("advance"), k.get("to_batch"), k.get("scatter"),

@@ -125,7 +125,7 @@ class Probe:
             self.downstream = _downstream(list(self.overrides))
 
     def child(self, overrides: dict[Value, np.ndarray], identity=frozenset()) -> "Probe":
-        return Probe(self.graph, self.cfg, overrides, identity, parent=self)
+        return type(self)(self.graph, self.cfg, overrides, identity, parent=self)
 
     # --- shapes -----------------------------------------------------------------------------------
     def _known_shape(self, v: Value) -> tuple[int, ...] | None:
@@ -187,11 +187,14 @@ class Probe:
             if all(self.shapes[x] is not None for x in needed):
                 try:
                     outs = fn(node, ins, self)
-                except (ValueError, TypeError, IndexError, KeyError, ProbeError):
+                except Exception:  # noqa: BLE001 - a rule that cannot tell (a malformed node): compute instead
                     outs = None
             for i, o in enumerate(node.outputs):
                 if o is not None:
-                    self.shapes[o] = None if outs is None or i >= len(outs) else tuple(int(d) for d in outs[i])
+                    # a sibling output already at hand (computed, overridden, declared) keeps that shape
+                    known = self._known_shape(o)
+                    self.shapes[o] = known if known is not None else (
+                        None if outs is None or i >= len(outs) else tuple(int(d) for d in outs[i]))
             self.shapes.setdefault(cur, None)
             stack.pop()
 
@@ -308,6 +311,8 @@ def _linear(node, ins, probe):                          # eet.Linear: x [..., K]
     if len(w) != 2 or x[-1] != w[0]:
         return None
     split = node.attrs.get("split")
+    if split and sum(int(n) for n in split) != w[1]:
+        return None
     return [x[:-1] + (int(n),) for n in split] if split else [x[:-1] + (w[1],)]
 
 
@@ -339,20 +344,31 @@ def _split(node, ins, probe):
     axis += len(x) if axis < 0 else 0
     if not 0 <= axis < len(x):
         return None
+    # the sizes as the kernel (eetjit/reference/ops/op_split.py) takes them, and None wherever it would raise
     opset = probe.graph.opset()
     if opset < 13:
         sizes = node.attrs.get("split")
+        if opset < 2 and sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            return None
     else:
         s = node.inputs[1] if len(node.inputs) > 1 else None
         if s is not None and not s.is_const:
             return None
         sizes = None if s is None else [int(d) for d in s.const.reshape(-1)]
-    n = len(node.outputs)
+    n = node.attrs.get("num_outputs") if opset >= 18 else None
+    if sizes is not None and n is not None:
+        return None
     if sizes is None:
-        n = int(node.attrs.get("num_outputs", n)) if opset >= 18 else n
+        if n is None:
+            n = len(node.outputs)
+            if opset < 18 and x[axis] % n:
+                return None
+        n = int(n)
+        if n < 1:
+            return None
         chunk = -(-x[axis] // n)
         sizes = [min(chunk, max(x[axis] - i * chunk, 0)) for i in range(n)]
-    if sum(sizes) != x[axis] or len(sizes) != len(node.outputs):
+    if sum(sizes) != x[axis] or len(sizes) != len(node.outputs) or min(sizes) < 0:
         return None
     return [x[:axis] + (int(d),) + x[axis + 1:] for d in sizes]
 
