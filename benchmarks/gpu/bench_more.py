@@ -273,8 +273,8 @@ def timed_launch(self, kernel, *args):
 cuda_device.Device.launch = timed_launch
 # Where a start goes, by phase (wall s summed over calls): reading the model, fusing, the Session (plan, weight
 # uploads), the dry run of a new shape, the disk-cache checks (which load what is cached), the workers, and every
-# load from Numba's disk cache wherever it happens. A warm start's loads happen in the checks, before the first
-# launch, so the first-launch times above then read ~0.
+# load from Numba's disk cache after eetjit.compile (where they happen; see below). A warm start's loads happen in
+# the checks, before the first launch, so the first-launch times above then read ~0.
 phases = {}
 def timed(owner, name, label):
     plain = getattr(owner, name)

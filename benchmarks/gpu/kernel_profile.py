@@ -3,7 +3,7 @@ launched it (Numba, CuPy, cuBLAS/cuBLASLt), so the time of each launch inside a 
 
     python benchmarks/gpu/kernel_profile.py --model MODEL_DIR/gpt2-ts17-eager.onnx --what prompt [--batch 8 --len 512]
     python benchmarks/gpu/kernel_profile.py --model MODEL_DIR/bert-ts17-eager.onnx --what bert [--batch 32]
-    python benchmarks/gpu/kernel_profile.py --model MODEL_DIR/gpt2-ts17-eager.onnx --what decode [--batch 1 --len 64]
+    python benchmarks/gpu/kernel_profile.py --model MODEL_DIR/gpt2-ts17-eager.onnx --what decode --batch 1 --len 64
 
 `prompt`: eetjit's prompt pass of B prompts of P tokens (GPT-2, float16), then Hugging Face's forward of the same
 weights; `bert`: Session.run of B sequences of mixed lengths 32..P (seed 0, as bench_more.py's bert section), then
@@ -12,7 +12,9 @@ total device time per run (eager launches: the device durations are exact even w
 `decode`: greedy generate of B prompts of P tokens (GPT-2, float16), 8 and then 8 + 64 new tokens, each inside the
 profiler: the difference is 64 decode steps as the session runs them (replayed CUDA graphs), told apart by kernel,
 with a step's wall time, its kernels' summed device time, the time some kernel was running (kernels overlap under
-programmatic dependent launch) and the rest, when none was: the cost of kernel boundaries.
+programmatic dependent launch) and the rest, when none was. Each kernel is credited with what its end adds past
+every kernel before it (a gap before it included, so the credits sum to the wall time), over the long run's last
+kernels, as many as 64 steps launch (not cut at step boundaries).
 """
 from __future__ import annotations
 
