@@ -19,6 +19,7 @@ kernels, as many as 64 steps launch (not cut at step boundaries).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -70,7 +71,6 @@ def _kernels(fn) -> list[tuple[str, float, float]]:
 
 def _short(name: str) -> str:
     """A Numba kernel's op and specialization hash out of its mangled name (eetjit_cuda_<op>_<hash>), else the name."""
-    import re
     m = re.search(r"eetjit_cuda_([a-z0-9_]+?)_([0-9a-f]{8})", name)
     name = f"{m.group(1)} {m.group(2)}" if m else name
     return name if len(name) <= 70 else name[:67] + "..."
