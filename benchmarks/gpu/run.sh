@@ -10,7 +10,8 @@
 # 3. exports GPT-2 small (base) to ONNX with graphs/export.py (too big to carry: exported there, ~20 s);
 # 4. benchmarks float16 greedy decode (ms/step, batch 1 ctx 64 and batch 32 ctx 512) against Hugging Face generate
 #    (default cache and cache_implementation="static") with the bandwidth floor, and prints the table last.
-# Knobs: OUT (logs and JSON; the device tool sets it), MODEL_DIR, PYTEST_ARGS, PYTEST_TIMEOUT, BENCH_ARGS,
+# Knobs: OUT (logs and JSON; the device tool sets it), MODEL_DIR, PYTEST_ARGS, PYTEST_TIMEOUT, JOBS (pytest-xdist
+# processes where its wheels are carried, default 8; 1: one process), BENCH_ARGS,
 # SKIP_TESTS=1, SKIP_BENCH=1, EETJIT_TEST_EXAMPLES (hypothesis examples per kernel test on the GPU),
 # BENCH=decode (default: bench_decode.py) | more (bench_more.py: GPT-2 medium/XL decode, peak memory, prompt pass,
 # cold/warm compile) | both; MORE_BUDGET (seconds for bench_more.py, default 450), MORE_ARGS.
@@ -35,9 +36,13 @@ except Exception as e:
     print(f"cupy takes ml_dtypes.bfloat16: no ({type(e).__name__}: {e})")
 PY
 status=0
+# pytest-xdist, where its wheel was carried (pytest_xdist and execnet in .whl): JOBS processes share the tests (the
+# kernels' compiles, not the GPU, are the long part; the whole suite took 312 s with 8 on an H200, session 18)
+XDIST=""
+if [ "${JOBS:-8}" -gt 1 ] && python3 -c "import xdist" 2>/dev/null; then XDIST="-n ${JOBS:-8} --dist worksteal"; fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout "${PYTEST_TIMEOUT:-1200}" python3 -m pytest -m gpu -q -rf -p no:cacheprovider --continue-on-collection-errors \
-    ${PYTEST_ARGS:-} 2>&1 \
+    $XDIST ${PYTEST_ARGS:-} 2>&1 \
     | tee "$OUT/pytest.log" | grep -v "^\s*$" | tail -n 40
   status=${PIPESTATUS[0]}
 fi

@@ -20,6 +20,11 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_gpu():
     if "numba.cuda" in sys.modules:
         raise RuntimeError("numba.cuda was imported before tests/cuda/conftest.py could enable the simulator")
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    # numba.cuda.core.config is numba.core.config, read when `numba` is imported: a test module collected before
+    # this one (tests/codegen imports Numba) may have read it without the variable. Numba re-reads it at its next
+    # compile; a simulator test that runs first in its process (pytest-xdist) must not wait for that.
+    if "numba.core.config" in sys.modules:
+        sys.modules["numba.core.config"].reload_config()
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
