@@ -4,7 +4,7 @@ decode step), each variant captured as one CUDA graph per projection (a launch p
 
     python benchmarks/gpu/bench_gemv.py [--hidden 768 --layers 12 --rows 8,32 --tunes 4,12,4 8,12,4]
                                         [--vocab 50257 --argmax-tunes 512,32 256,8] [--nk-vpl 1000 8 4]
-                                        [--tc-tunes 2,4,4 1,8,4]
+                                        [--tc-tunes 2,4,4 1,8,4] [--same]
 
 Variants: `cublas` (cuBLASLt with its fused epilogue, the peer), `gemv_nk` at one row (with `--nk-vpl`, once per
 limit on a lane's weight vectors before a column takes more lanes), `gemv_tc` (tensor cores over the same [N, K]
@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="8,32", help="M values, comma-separated")
     ap.add_argument("--tunes", nargs="*", default=["4,12,4"], help="gemv_mma tiles: vw,warps,steps (default: the GPU tile)")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--same", action="store_true",
+                    help="every launch reads layer 0's weights (L2-resident where they fit): against the default "
+                         "(distinct weights, read from memory) it bounds what prefetching into L2 could gain")
     ap.add_argument("--vocab", type=int, default=0, help="also time an LM head of this width and the argmax")
     ap.add_argument("--argmax-tunes", nargs="*", default=[], help="argmax variants: threads,splits")
     ap.add_argument("--tc-tunes", nargs="*", default=[],
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
         g_head = be.prepare(g.add_node("Linear", [x, W, None], 1, {}, domain="eet"), g)
     bw = copy_bandwidth()
     print(f"card: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; copy {bw / 1e12:.2f} TB/s; "
-          f"PDL {'on' if dev.pdl else 'off'}; hidden {E}, {args.layers} layers", flush=True)
+          f"PDL {'on' if dev.pdl else 'off'}; hidden {E}, {args.layers} layers"
+          f"{' (all reading layer 0: --same)' if args.same else ''}", flush=True)
     variants = [("cublas", None)] + [(f"mma {t}", t) for t in args.tunes]
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     for M in (int(m) for m in args.rows.split(",")):
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
             try:
                 for name, *_ in projections:
                     def run(name=name):
-                        for op in ops[name]:
+                        for op in ops[name][:1] * args.layers if args.same else ops[name]:
                             op([xs[name], None, None], [ys[name]])
                     run()
                     outs[name] = be.to_host(ys[name]).astype(np.float32)

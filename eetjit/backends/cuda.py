@@ -170,6 +170,16 @@ GEMV_NK_MAX_VPL_ENV = "EETJIT_GEMV_NK_MAX_VPL"
 GEMV_NK_CPG_THIN = 2
 GEMV_NK_MAX_CPG = 8         # the knob's limit: every column's loads are live in registers at once
 GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every gemv_nk; 0 (default): the rule
+# gemv_nk asks the memory system to bring the first GEMV_PREFETCH_MB MB of the weight of the GEMV that runs after it
+# into L2 (bulk prefetches issued before its wait): the rows that GEMV's first blocks read. The order is learnt from
+# the launches (the decode step's graph is captured after eager steps that ran the same GEMVs in the same order).
+# H200, session 18: the one-row GEMVs of a layer read from L2 take 17.6 against 23.9 us at XL-size (bench_gemv.py
+# --same), but prefetching the whole next weight lost (XL-size B1 1.568 -> 1.666 ms/step; at most 16 MB: 1.619):
+# it fetches each byte twice when L2 cannot hold two GEMVs' weights. The first 2 MB (0.5 MB: the same) gained at
+# every size, 2 rounds each: XL-size 1.568 -> 1.547, medium 0.436-0.441 -> 0.434, small 0.209 -> 0.207-0.208.
+GEMV_PREFETCH_ENV = "EETJIT_GEMV_PREFETCH"      # "0": no prefetch (A/B)
+GEMV_PREFETCH_MB = 2.0
+GEMV_PREFETCH_MB_ENV = "EETJIT_GEMV_PREFETCH_MB"
 # ... or gemv_tc.py.j2 over the same [N, K] copy (half dtypes, up to 32 rows, no norm prologue): the tensor cores
 # take the products (a lane's 16-byte load of the weight feeds two mma's, where gemv_nk converts and multiplies 16
 # values in float32). Tile: ct tiles of 8 columns a block, warps splitting K, unroll chunks of 32 k in flight a warp.
@@ -337,6 +347,12 @@ class CudaBackend:
         if not 0 <= self.gemv_nk_cpg <= GEMV_NK_MAX_CPG:
             raise ValueError(f"{GEMV_NK_CPG_ENV}={self.gemv_nk_cpg}: must be 0 (the rule) or a column count up to "
                              f"{GEMV_NK_MAX_CPG}")
+        self.gemv_prefetch = _env_flag(GEMV_PREFETCH_ENV)
+        self.gemv_prefetch_bytes = float(os.environ.get(GEMV_PREFETCH_MB_ENV, GEMV_PREFETCH_MB)) * 2 ** 20
+        if not self.gemv_prefetch_bytes > 0:
+            raise ValueError(f"{GEMV_PREFETCH_MB_ENV}: must be a positive number of MB (off: {GEMV_PREFETCH_ENV}=0)")
+        self._pf_last = None      # the weight of the last gemv_nk launch, and per weight the one launched after it
+        self._pf_next: dict[int, tuple] = {}
         self.gemv_tc = _env_flag(GEMV_TC_ENV, "0")
         self.gemv_tc_tune = _env_tune(GEMV_TC_TUNE_ENV, GEMV_TC[self.mode])
         tc = self.gemv_tc_tune
@@ -786,9 +802,12 @@ class CudaBackend:
         if self._nk_fits(x_MK, N, gemm.W_NK_tied):
             t = self._nk_tune(K)
             extra, args = ({}, ()) if prologue is None else prologue.gemv_args(M, K, fold=self.gemv_nk_fold)
-            kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t)
-            self.dev.launch(kern, -(-N // (t["groups"] * t["cpg"])), t["lanes"] * t["groups"], x_MK,
-                            self._w_nk(gemm, N, K), bias_N, y_MN, *args)
+            w_NK = self._w_nk(gemm, N, K)
+            pf_extra, pf_args = self._prefetch_after(w_NK)
+            kern = self.kernel("gemv_nk", m_rows=M, k=K, n=N, activation=act, has_bias=has_bias, **extra, **t,
+                               **pf_extra)
+            self.dev.launch(kern, -(-N // (t["groups"] * t["cpg"])), t["lanes"] * t["groups"], x_MK, w_NK, bias_N,
+                            y_MN, *args, *pf_args)
             return True
         if self.gemv_nk or N > self.gemv_max_n:
             return False
@@ -807,6 +826,23 @@ class CudaBackend:
             part, count = self._dummy("f3", (1, 1, 1), np.float32), self._dummy("c1", (1,), np.int32)
         self.dev.launch(kern, (tiles, ksplit), t["lanes"] * t["warps"], x_MK, W_KN, bias_N, y_MN, part, count)
         return True
+
+    def _prefetch_after(self, w_NK) -> tuple[dict, tuple]:
+        """gemv_nk's prefetch constant and argument for a launch reading w_NK (nothing with EETJIT_GEMV_PREFETCH=0):
+        the first rows, up to gemv_prefetch_bytes, of the weight launched after w_NK the last time it ran (a 16-byte
+        dummy the first time). Records w_NK as the successor of the previous launch's weight."""
+        if not self.gemv_prefetch:
+            return {}, ()
+        last, self._pf_last = self._pf_last, w_NK
+        if last is not None and last is not w_NK:
+            self._pf_next[id(last)] = (last, w_NK)
+        seen = self._pf_next.get(id(w_NK))
+        nxt = seen[1] if seen is not None and seen[0] is w_NK else None
+        if nxt is None or nxt.dtype != w_NK.dtype or not nxt.flags.c_contiguous:
+            nxt = self._dummy("pf", (1, 16 // w_NK.dtype.itemsize), w_NK.dtype)
+        elif nxt.nbytes > self.gemv_prefetch_bytes:
+            nxt = nxt[:max(1, int(self.gemv_prefetch_bytes // (nxt.shape[1] * nxt.dtype.itemsize)))]
+        return {"prefetch": True}, (nxt,)
 
     def _mma_fits(self, x_MK, N, W_KN) -> bool:
         """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a card with mma.sync (sm_80+), a half dtype, M up to

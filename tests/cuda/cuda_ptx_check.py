@@ -42,7 +42,7 @@ def cases(quick=False):
                 k.get("fused_write"), k.get("ksplit"), k.get("head_dim") if c[1] == "attention_vec" else None,
                 k.get("vec"), k.get("has_ids"), k.get("advance"), k.get("to_batch"), k.get("scatter"),
                 bool(k.get("cols")), k.get("skip_pad_rows"), k.get("norm"), k.get("pdl"), k.get("vw"),
-                k.get("pipeline"), k.get("fold"), k.get("rstats"), k.get("pstats"), k.get("cpg"))
+                k.get("pipeline"), k.get("fold"), k.get("rstats"), k.get("pstats"), k.get("cpg"), k.get("prefetch"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -121,6 +121,11 @@ def _plain_cases():
             yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
                                       epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2]
+            # ... as a decode step launches it with EETJIT_GEMV_PREFETCH=1: the next GEMV's weight asked into L2
+            yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
+                                      epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False, pdl=True,
+                                      prefetch=True), \
+                [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2, f"{S}[:, ::1]"]
         if dt != "float32":     # gemv_tc at 32 rows: two 16-row A tiles a chunk
             yield dt, "gemv_tc", dict(ct=2, warps=8, unroll=2, m_rows=32, k=768, n=2304, activation="relu",
                                       has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]

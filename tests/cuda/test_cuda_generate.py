@@ -53,6 +53,14 @@ def test_sim_generate_with_the_norm_in_the_gemv(monkeypatch):
     assert sum(n.op_type == "NormLinear" for n in sess._generator.gen.graph.nodes) == 2 * layers
     prologues = [dict(memo[2]).get("norm") for memo in sess.backend._kernels if memo[0] == "gemv_nk"]
     assert "layer" in prologues
+    # each GEMV of the step learnt the one after it (its L2 prefetch): one chain through the step's 4 a layer and
+    # the LM head
+    succ = {k: id(v[1]) for k, v in sess.backend._pf_next.items()}
+    k = next(iter(set(succ) - set(succ.values())), next(iter(succ)))
+    walk = [k]
+    while succ.get(walk[-1]) is not None and succ[walk[-1]] not in walk:
+        walk.append(succ[walk[-1]])
+    assert len(walk) == 4 * layers + 1, (len(walk), layers)
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------

@@ -316,3 +316,49 @@ def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype
     want = reference(g, node, [rounded(x2, dtype), rounded(W, dtype), None])
     assert_close(run_cuda(backend, g, node, [x2, W, None]), want, dtype, _scale(dtype, E))
     assert not any(a[1] is table for a in launches if len(a) > 1)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_gemv_nk_prefetches_the_next_weights_first_rows(where, monkeypatch, prefetch):
+    """At one row each gemv_nk launch is handed, for an L2 prefetch, the weight of the GEMV launched after it the
+    last time (learnt from the launches; the first time a 16-byte dummy): all of it when it is small, its first rows
+    up to the prefetch size otherwise (the last GEMV's is the first's). With EETJIT_GEMV_PREFETCH=0 the kernels take no such argument. A chain of
+    three GEMVs run twice; every result the reference's."""
+    dtype = "float16"
+    backend = get_backend(dtype)
+    rng = np.random.default_rng(5)
+    E, N0, N1 = 8, 24, 40
+    monkeypatch.setattr(backend, "gemv_max_m", 1)
+    monkeypatch.setattr(backend, "gemv_nk", True)
+    monkeypatch.setattr(backend, "gemv_prefetch", prefetch)
+    monkeypatch.setattr(backend, "gemv_prefetch_bytes", 20.0 * N0 * 2)     # 20 rows of op 1's weight, all of the others
+    monkeypatch.setattr(backend, "_pf_last", None)
+    monkeypatch.setattr(backend, "_pf_next", {})
+    launches = []
+    launch = backend.dev.launch
+    monkeypatch.setattr(backend.dev, "launch", lambda kern, grid, threads, *a: (launches.append(a),
+                                                                               launch(kern, grid, threads, *a)))
+    chain = []
+    for K, N in ((E, N0), (N0, N1), (N1, E)):
+        W, b = values(rng, (K, N)), values(rng, (N,))
+        g, node = single_node("Linear", [values(rng, (1, 1, K)), W, b], {"activation": "none"}, const={1, 2})
+        chain.append((g, node, W, b, backend.prepare(node, g)))
+    for run in range(2):
+        launches.clear()
+        x = values(rng, (1, 1, E))
+        for g, node, W, b, op in chain:
+            want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), rounded(b, dtype)])
+            y = backend.to_host(op([x, W, b], None)[0]).astype(np.float32)
+            assert_close([y], want, dtype, _scale(dtype, W.shape[0]))
+            x = y
+    assert len(launches) == 3
+    if not prefetch:
+        assert all(len(a) == 4 for a in launches)      # x, w, bias, y: the kernels without the argument
+        return
+
+    def ptr(a):
+        return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+    w = [a[1] for a in launches]                          # each GEMV's [N, K] weight
+    pf = [a[-1] for a in launches]
+    assert [p.shape for p in pf] == [(20, N0), (E, N1), (N0, E)]     # op 1's cut to 20 rows
+    assert [ptr(p) for p in pf] == [ptr(w[1]), ptr(w[2]), ptr(w[0])]
