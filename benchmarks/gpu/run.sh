@@ -37,7 +37,7 @@ except Exception as e:
 PY
 status=0
 # pytest-xdist, where its wheel was carried (pytest_xdist and execnet in .whl): JOBS processes share the tests (the
-# kernels' compiles, not the GPU, are the long part; the whole suite took 312 s with 8 on an H200, session 18)
+# kernels' compiles, not the GPU, are the long part; the whole suite took 273-312 s with 8 on an H200, session 18)
 XDIST=""
 if [ "${JOBS:-8}" -gt 1 ] && python3 -c "import xdist" 2>/dev/null; then XDIST="-n ${JOBS:-8} --dist worksteal"; fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then

@@ -177,6 +177,7 @@ GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every g
 # --same), but prefetching the whole next weight lost (XL-size B1 1.568 -> 1.666 ms/step; at most 16 MB: 1.619):
 # it fetches each byte twice when L2 cannot hold two GEMVs' weights. The first 2 MB (0.5 MB: the same) gained at
 # every size, 2 rounds each: XL-size 1.568 -> 1.547, medium 0.436-0.441 -> 0.434, small 0.209 -> 0.207-0.208.
+# sm_90 and later only (the instruction); the simulator runs a twin that checks each piece's range.
 GEMV_PREFETCH_ENV = "EETJIT_GEMV_PREFETCH"      # "0": no prefetch (A/B)
 GEMV_PREFETCH_MB = 2.0
 GEMV_PREFETCH_MB_ENV = "EETJIT_GEMV_PREFETCH_MB"
@@ -347,7 +348,7 @@ class CudaBackend:
         if not 0 <= self.gemv_nk_cpg <= GEMV_NK_MAX_CPG:
             raise ValueError(f"{GEMV_NK_CPG_ENV}={self.gemv_nk_cpg}: must be 0 (the rule) or a column count up to "
                              f"{GEMV_NK_MAX_CPG}")
-        self.gemv_prefetch = _env_flag(GEMV_PREFETCH_ENV)
+        self.gemv_prefetch = _env_flag(GEMV_PREFETCH_ENV) and self.dev.bulk_prefetch     # sm_90+
         self.gemv_prefetch_bytes = float(os.environ.get(GEMV_PREFETCH_MB_ENV, GEMV_PREFETCH_MB)) * 2 ** 20
         if not self.gemv_prefetch_bytes > 0:
             raise ValueError(f"{GEMV_PREFETCH_MB_ENV}: must be a positive number of MB (off: {GEMV_PREFETCH_ENV}=0)")
@@ -842,6 +843,7 @@ class CudaBackend:
             nxt = self._dummy("pf", (1, 16 // w_NK.dtype.itemsize), w_NK.dtype)
         elif nxt.nbytes > self.gemv_prefetch_bytes:
             nxt = nxt[:max(1, int(self.gemv_prefetch_bytes // (nxt.shape[1] * nxt.dtype.itemsize)))]
+        self.dev.keep(nxt)        # a captured step keeps what its launches point at
         return {"prefetch": True}, (nxt,)
 
     def _mma_fits(self, x_MK, N, W_KN) -> bool:

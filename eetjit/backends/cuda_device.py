@@ -12,6 +12,7 @@ bfloat16 arrays carry ml_dtypes' bfloat16 dtype (so cuBLASLt sees bf16) and reac
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
@@ -44,6 +45,11 @@ def is_bfloat16(dtype) -> bool:
     return BFLOAT16 is not None and np.dtype(dtype) == np.dtype(BFLOAT16)
 
 
+# The simulator's twin of gemv_nk's L2 prefetch (templates/cuda/_macros.j2 prefetch_fn) records each piece here as
+# (bytes of the array, offset, size), the latest 65536, so tests can check what a launch asked for.
+SIM_PREFETCHED: collections.deque = collections.deque(maxlen=1 << 16)
+
+
 class CaptureError(RuntimeError):
     """Something that cannot be part of a CUDA graph happened while capturing (an allocation, a host copy)."""
 
@@ -67,6 +73,7 @@ class Device:
             self.stream = None
             self.sm_count = 1
             self.mma_sync = True          # the simulator's twins of the tensor-core instructions (templates)
+            self.bulk_prefetch = True     # ... and of cp.async.bulk.prefetch.L2 (it checks each range)
             self._pdl_config = None
         else:
             try:
@@ -82,6 +89,8 @@ class Device:
             self.sm_count = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
             # mma.sync.m16n8k16 with float16 and bfloat16 inputs: sm_80 and later
             self.mma_sync = int(cupy.cuda.Device().compute_capability) >= 80
+            # cp.async.bulk.prefetch.L2 (gemv_nk's prefetch of the next weight): sm_90 and later
+            self.bulk_prefetch = int(cupy.cuda.Device().compute_capability) >= 90
             # programmatic dependent launch (sm_90 and later; templates wait with griddepcontrol.wait)
             self._pdl_config = _pdl_launch_config(int(cupy.cuda.Device().compute_capability))
         self.pdl = not self.simulated and self._pdl_config is not None

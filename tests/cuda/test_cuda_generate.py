@@ -48,19 +48,21 @@ def test_sim_generate_with_the_norm_in_the_gemv(monkeypatch):
     want = _session("gpt2", "cpu").generate(prompts, max_new_tokens=2)
     monkeypatch.setenv("EETJIT_GEMV_MAX_M", "1")
     sess = _session("gpt2", "cuda")
+    launched = []           # (kernel, its second argument) of every launch, in order
+    launch = sess.backend.dev.launch
+    monkeypatch.setattr(sess.backend.dev, "launch", lambda kern, grid, threads, *a: (
+        launched.append((kern, a[1] if len(a) > 1 else None)), launch(kern, grid, threads, *a)))
     assert sess.generate(prompts, max_new_tokens=2) == want
     layers = len(sess.structure.layers)
     assert sum(n.op_type == "NormLinear" for n in sess._generator.gen.graph.nodes) == 2 * layers
     prologues = [dict(memo[2]).get("norm") for memo in sess.backend._kernels if memo[0] == "gemv_nk"]
     assert "layer" in prologues
-    # each GEMV of the step learnt the one after it (its L2 prefetch): one chain through the step's 4 a layer and
-    # the LM head
-    succ = {k: id(v[1]) for k, v in sess.backend._pf_next.items()}
-    k = next(iter(set(succ) - set(succ.values())), next(iter(succ)))
-    walk = [k]
-    while succ.get(walk[-1]) is not None and succ[walk[-1]] not in walk:
-        walk.append(succ[walk[-1]])
-    assert len(walk) == 4 * layers + 1, (len(walk), layers)
+    # each GEMV of the decode step learnt the one launched after it (its L2 prefetch), in the step's order: 4 a
+    # layer and the LM head
+    nk = {id(fn) for memo, fn in sess.backend._kernels.items() if memo[0] == "gemv_nk"}
+    step = [w for kern, w in launched if id(kern) in nk][-(4 * layers + 1):]      # the last step's weights
+    assert len(step) == 4 * layers + 1 and len({id(w) for w in step}) == len(step)
+    assert [sess.backend._pf_next[id(w)][1] is nxt for w, nxt in zip(step, step[1:])] == [True] * (4 * layers)
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------

@@ -322,16 +322,19 @@ def test_lm_head_tied_to_the_embedding_reads_its_table(where, monkeypatch, dtype
 def test_gemv_nk_prefetches_the_next_weights_first_rows(where, monkeypatch, prefetch):
     """At one row each gemv_nk launch is handed, for an L2 prefetch, the weight of the GEMV launched after it the
     last time (learnt from the launches; the first time a 16-byte dummy): all of it when it is small, its first rows
-    up to the prefetch size otherwise (the last GEMV's is the first's). With EETJIT_GEMV_PREFETCH=0 the kernels take no such argument. A chain of
-    three GEMVs run twice; every result the reference's."""
+    up to the prefetch size otherwise (the last GEMV's is the first's). With EETJIT_GEMV_PREFETCH=0 the kernels
+    take no such argument. A chain of three GEMVs run twice; every result the reference's; in the simulator, the
+    4 KB pieces asked for cover each handed array once, a partial last piece included."""
+    from eetjit.backends.cuda_device import SIM_PREFETCHED
     dtype = "float16"
     backend = get_backend(dtype)
     rng = np.random.default_rng(5)
-    E, N0, N1 = 8, 24, 40
+    E, N0, N1, cut = 8, 24, 200, 150        # op 1's weight [N1, N0] is cut to 150 rows (7200 bytes: 2 pieces)
     monkeypatch.setattr(backend, "gemv_max_m", 1)
+    monkeypatch.setattr(backend, "gemv_max_n", max(backend.gemv_max_n, N1))
     monkeypatch.setattr(backend, "gemv_nk", True)
     monkeypatch.setattr(backend, "gemv_prefetch", prefetch)
-    monkeypatch.setattr(backend, "gemv_prefetch_bytes", 20.0 * N0 * 2)     # 20 rows of op 1's weight, all of the others
+    monkeypatch.setattr(backend, "gemv_prefetch_bytes", float(cut * N0 * 2))
     monkeypatch.setattr(backend, "_pf_last", None)
     monkeypatch.setattr(backend, "_pf_next", {})
     launches = []
@@ -345,6 +348,7 @@ def test_gemv_nk_prefetches_the_next_weights_first_rows(where, monkeypatch, pref
         chain.append((g, node, W, b, backend.prepare(node, g)))
     for run in range(2):
         launches.clear()
+        SIM_PREFETCHED.clear()
         x = values(rng, (1, 1, E))
         for g, node, W, b, op in chain:
             want = reference(g, node, [rounded(x, dtype), rounded(W, dtype), rounded(b, dtype)])
@@ -354,11 +358,32 @@ def test_gemv_nk_prefetches_the_next_weights_first_rows(where, monkeypatch, pref
     assert len(launches) == 3
     if not prefetch:
         assert all(len(a) == 4 for a in launches)      # x, w, bias, y: the kernels without the argument
+        assert not SIM_PREFETCHED
         return
 
     def ptr(a):
         return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
     w = [a[1] for a in launches]                          # each GEMV's [N, K] weight
     pf = [a[-1] for a in launches]
-    assert [p.shape for p in pf] == [(20, N0), (E, N1), (N0, E)]     # op 1's cut to 20 rows
+    assert [p.shape for p in pf] == [(cut, N0), (E, N1), (N0, E)]
     assert [ptr(p) for p in pf] == [ptr(w[1]), ptr(w[2]), ptr(w[0])]
+    if where == "sim":
+        pieces = {}
+        for size, off, n in SIM_PREFETCHED:
+            pieces.setdefault(size, []).append((off, n))
+        assert sorted(pieces) == sorted(p.nbytes for p in pf)
+        for size, got in pieces.items():
+            got.sort()
+            assert got == [(o, min(4096, size - o)) for o in range(0, size, 4096)], (size, got)
+
+
+def test_gemv_nk_prefetch_only_where_the_card_has_it(where, monkeypatch):
+    """The bulk L2 prefetch is an sm_90 instruction: on an older card the backend leaves it out, whatever the knob."""
+    from eetjit.backends.cuda import CudaBackend
+    from eetjit.backends.cuda_device import get_device
+    monkeypatch.setattr(get_device(), "bulk_prefetch", False)
+    assert not CudaBackend("float16", verbose=False).gemv_prefetch
+    monkeypatch.setattr(get_device(), "bulk_prefetch", True)
+    assert CudaBackend("float16", verbose=False).gemv_prefetch
+    monkeypatch.setenv("EETJIT_GEMV_PREFETCH", "0")
+    assert not CudaBackend("float16", verbose=False).gemv_prefetch
