@@ -121,7 +121,7 @@ def _plain_cases():
             yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
                                       epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False), \
                 [a2, f"{S}[:, ::1]", "float32[::1]", a2, a2, "float32[::1]", a2]
-            # ... as a decode step launches it with EETJIT_GEMV_PREFETCH=1: the next GEMV's weight asked into L2
+            # ... as a decode step launches it on sm_90 (EETJIT_GEMV_PREFETCH, on by default): the next weight into L2
             yield dt, "gemv_nk", dict(_nk(1600, dt), m_rows=1, k=1600, n=4800, activation="none", has_bias=True,
                                       epsilon=1e-5, fold=True, norm="layer", add=True, has_beta=False, pdl=True,
                                       prefetch=True), \

@@ -360,9 +360,7 @@ def test_gemv_nk_prefetches_the_next_weights_first_rows(where, monkeypatch, pref
         assert all(len(a) == 4 for a in launches)      # x, w, bias, y: the kernels without the argument
         assert not SIM_PREFETCHED
         return
-
-    def ptr(a):
-        return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+    from eetjit.backends.cuda import _ptr as ptr
     w = [a[1] for a in launches]                          # each GEMV's [N, K] weight
     pf = [a[-1] for a in launches]
     assert [p.shape for p in pf] == [(cut, N0), (E, N1), (N0, E)]
