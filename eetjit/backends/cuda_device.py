@@ -221,7 +221,9 @@ class Device:
         import cupy
         import cupyx
         host = cupyx.empty_pinned(x.shape, x.dtype)
-        self.xp.ascontiguousarray(x).get(stream=self.stream, out=host, blocking=False)
+        with self.stream:       # a strided x's contiguous copy behind the kernels that wrote x, not on CuPy's default
+            x = self.xp.ascontiguousarray(x)        # stream (which does not wait for this non-blocking one)
+        x.get(stream=self.stream, out=host, blocking=False)
         done = cupy.cuda.Event(block=False, disable_timing=True)
         done.record(self.stream)
 
