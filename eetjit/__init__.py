@@ -34,10 +34,22 @@ def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int =
                    verbose=verbose)
 
 
+def _direct_cubins_cached() -> bool:
+    """Whether the kernel cache holds any cubin for launches without Numba (eetjit.backends.cuda_direct)."""
+    import os
+    from eetjit.codegen import kernel_dir
+    try:
+        with os.scandir(kernel_dir("cuda") / "direct") as entries:
+            return any(e.name.endswith(".cubin") for e in entries)
+    except OSError:
+        return False
+
+
 def _start_device_setup(device: str):
-    """CUDA: import CuPy and Numba's CUDA target, create the context and stream, and load Numba's lowering
+    """CUDA: import CuPy, create the context and stream and, unless the kernel cache holds cubins that launch without
+    Numba (a warm start: eetjit.backends.cuda_direct), import Numba's CUDA target and load its lowering
     registries (which its first kernel load from the disk cache would do, ~0.5-0.7 s on the GPU machine) in a
-    thread, while this one reads and fuses the model (benchmarks/gpu/NOTES.md, sessions 4 and 16). nvmath is left
+    thread, while this one reads and fuses the model (benchmarks/gpu/NOTES.md, sessions 4, 16 and 19). nvmath is left
     to the first GEMM that goes to cuBLASLt or batched cuBLAS (GPT-2 in float16 at batch 1 with a prompt of up to
     32 tokens has none; float32 GEMMs of 2 rows or more and untied LM heads do, and import it in the first generate).
     Best effort: a failure here is left for the Session to meet, and report, on its own thread."""
@@ -60,7 +72,9 @@ def _start_device_setup(device: str):
             if device_id is not None:
                 sys.modules["cupy"].cuda.Device(device_id).use()
             from eetjit.backends.cuda_device import get_device
-            get_device()
+            dev = get_device()
+            if dev.direct is not None and _direct_cubins_cached():
+                return      # kernels launch without Numba (cuda_direct); one that cannot imports it then
             from numba.cuda.core.compiler_lock import global_compiler_lock
             from numba.cuda.descriptor import cuda_target
             with global_compiler_lock:          # as Numba itself refreshes (another thread may be compiling)

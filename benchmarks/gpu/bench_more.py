@@ -269,7 +269,8 @@ def timed_launch(self, kernel, *args):
         return launch(self, kernel, *args)
     t = time.perf_counter()
     launch(self, kernel, *args)
-    first[kernel] = (getattr(kernel, "py_func", kernel).__module__, time.perf_counter() - t)
+    first[kernel] = (getattr(kernel, "module_name", None) or getattr(kernel, "py_func", kernel).__module__,
+                     time.perf_counter() - t)
 cuda_device.Device.launch = timed_launch
 # Where a start goes, by phase (wall s summed over calls): reading the model, fusing, the Session (plan, weight
 # uploads), the dry run of a new shape, the disk-cache checks (which load what is cached), the workers, and every
@@ -308,15 +309,20 @@ if prof:
 s = eetjit.compile(sys.argv[1], device="cuda", dtype="float16", max_batch=1, max_seq_len=128, verbose=False)
 t2 = time.perf_counter()
 # Numba's disk-cache loads, timed from here on (they happen in the first generate): importing numba.cuda for the
-# patch before eetjit.compile would put the import, which compile's setup thread does beside the fuse, on this one
-from numba.cuda.core import caching
-timed(caching.Cache, "load_overload", "disk_loads")
+# patch before eetjit.compile would put the import, which compile's setup thread does beside the fuse, on this one.
+# Where Numba is not imported yet (a warm start launches cached cubins without it: eetjit.backends.cuda_direct),
+# nothing is patched: importing it here would time an import the start does not do.
+if "numba.cuda" in sys.modules:
+    from numba.cuda.core import caching
+    timed(caching.Cache, "load_overload", "disk_loads")
 s.generate([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]], max_new_tokens=8)
 t3 = time.perf_counter()
+from eetjit.backends import cuda_direct
 if prof:
     prof.disable()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "first_generate_s": t3 - t2,
                               "total_s": t3 - t0, "kernels": codegen.stats(), "phases_s": phases,
+                              "direct": cuda_direct.stats(), "numba_imported": "numba.cuda" in sys.modules,
                               "first_launch_s": sorted(first.values(), key=lambda x: -x[1])}))
 if prof:
     text = io.StringIO()
@@ -365,6 +371,8 @@ def sec_compile(args) -> dict:
              f"first generate {r['first_generate_s']:.1f}); {len(r['first_launch_s'])} kernels, first launches "
              f"{sum(t for _, t in r['first_launch_s']):.1f} s, slowest s: {slowest}")
         _log(f"[compile] {label} by phase, s: " + ", ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()))
+        _log(f"[compile] {label}: cubins launched without Numba {r.get('direct')}; Numba's CUDA target imported: "
+             f"{r.get('numba_imported')}")
     return res
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Iterable
 
-import numba
 import numpy as np
 
 from eetjit import codegen
@@ -71,6 +70,7 @@ def launch(kernel, work: int, *args):
 def _thread_count_functions():
     """Numba's raw per-thread getter/setter (~0.3 us; the public functions validate and lock, ~3 us each),
     else the public ones. Only 1 or a count read back from Numba is ever set, so no validation is skipped."""
+    import numba    # here, not at the top: the CUDA backend imports this module and need not import Numba
     numba.get_num_threads()  # starts the thread pool: the raw accessors exist from then on
     from numba.np.ufunc import parallel
     get, set_ = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)

@@ -431,8 +431,12 @@ class CudaBackend:
         memo = (op, seq_bucket, tuple(sorted(consts.items())))
         fn = self._kernels.get(memo)
         if fn is None:
-            fn = codegen.get_kernel(op, consts, target=self.target, dtype=self.dtype, seq_bucket=seq_bucket,
-                                    device=self.device, templates_dir=self.templates_dir)
+            if self.dev.direct is not None:     # a GPU: cubins cached for the launch, else Numba (cuda_direct)
+                fn = codegen.get_direct(op, consts, dtype=self.dtype, seq_bucket=seq_bucket, device=self.device,
+                                        templates_dir=self.templates_dir)
+            else:
+                fn = codegen.get_kernel(op, consts, target=self.target, dtype=self.dtype, seq_bucket=seq_bucket,
+                                        device=self.device, templates_dir=self.templates_dir)
             self._kernels[memo] = fn
         return fn
 

@@ -1,8 +1,11 @@
 """The one place that knows whether the CUDA backend runs on a GPU or on Numba's CUDA simulator.
 
-GPU: device arrays are CuPy arrays on one CuPy stream; kernels launch on `numba.cuda.external_stream(stream.ptr)`
-with each array handed over as a Numba device array (`as_cuda_array(sync=False)`: the default would synchronize
-the stream, which breaks CUDA-graph capture); GEMMs are cuBLASLt through nvmath-python (eetjit.backends.cuda_gemm).
+GPU: device arrays are CuPy arrays on one CuPy stream. A kernel whose machine code was cached for the launch's
+argument spec launches through cuda.core without Numba (eetjit.backends.cuda_direct: the warm start never imports
+Numba); any other launches through Numba on `numba.cuda.external_stream(stream.ptr)`, with each array handed over
+as a Numba device array (`as_cuda_array(sync=False)`: the default would synchronize the stream, which breaks
+CUDA-graph capture), and its cubin is cached after. GEMMs are cuBLASLt through nvmath-python
+(eetjit.backends.cuda_gemm).
 Simulator (NUMBA_ENABLE_CUDASIM=1, CI without a GPU): "device" arrays are NumPy arrays, kernels run in the
 simulator, GEMMs are np.matmul, graphs are not captured (the decode step runs eagerly on its fixed buffers).
 
@@ -17,9 +20,11 @@ import contextlib
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 
+from eetjit.backends.cuda_direct import DirectKernel, pack
 from eetjit.errors import InputError
 
 try:  # bfloat16 storage: ml_dtypes' NumPy dtype (a dependency of eetjit), understood by CuPy >= 14
@@ -58,8 +63,7 @@ class Device:
     """Memory, stream, launches and host transfers of the CUDA backend (GPU or simulator)."""
 
     def __init__(self):
-        from numba.cuda.core import config
-        self.simulated = bool(config.ENABLE_CUDASIM)
+        self.simulated = simulator_on()
         self.capturing = False
         self.collecting: list | None = None   # see keep()
         # While a list (deferring()): launches and GEMMs only record what they would compile (kernel, argument
@@ -81,11 +85,9 @@ class Device:
             except ImportError as e:  # pragma: no cover - GPU machines only
                 raise InputError("device='cuda' needs CuPy (pip install eetjit[cuda]); for CPU-only testing "
                                  "set NUMBA_ENABLE_CUDASIM=1") from e
-            from numba import cuda
             self.xp = cupy
             self.stream = cupy.cuda.Stream(non_blocking=True)
-            self._numba_stream = cuda.external_stream(self.stream.ptr)
-            self._as_cuda_array = cuda.as_cuda_array
+            self._numba = None          # (external stream, as_cuda_array): Numba's, made at its first launch
             self.sm_count = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
             # mma.sync.m16n8k16 with float16 and bfloat16 inputs: sm_80 and later
             self.mma_sync = int(cupy.cuda.Device().compute_capability) >= 80
@@ -94,6 +96,15 @@ class Device:
             # programmatic dependent launch (sm_90 and later; templates wait with griddepcontrol.wait)
             self._pdl_config = _pdl_launch_config(int(cupy.cuda.Device().compute_capability))
         self.pdl = not self.simulated and self._pdl_config is not None
+        # launches of cached cubins without Numba (cuda_direct); None: every launch goes through Numba
+        self.direct = None
+        if not self.simulated:
+            from eetjit.backends import cuda_direct
+            if cuda_direct.enabled():
+                try:
+                    self.direct = cuda_direct.Launcher(self.stream.ptr, self.pdl)
+                except Exception:   # noqa: BLE001 - no usable cuda.core: Numba launches everything
+                    self.direct = None
 
     # --- memory ------------------------------------------------------------------------------------
     def empty(self, shape, dtype):
@@ -259,13 +270,30 @@ class Device:
         if isinstance(x, self.xp.ndarray):
             if is_bfloat16(x.dtype):
                 x = x.view(self.xp.uint16)
-            return self._as_cuda_array(x, sync=False)
+            return self._numba_fns()[1](x, sync=False)
         return x
+
+    def _numba_fns(self):
+        """(Numba's view of the stream, numba.cuda.as_cuda_array): imports Numba's CUDA target the first time."""
+        if self._numba is None:
+            from numba import cuda
+            self._numba = (cuda.external_stream(self.stream.ptr), cuda.as_cuda_array)
+        return self._numba
 
     def launch(self, kernel, grid, block, *args) -> None:
         grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else int(grid)
         if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
             return
+        direct = kernel if isinstance(kernel, DirectKernel) else None
+        if direct is not None:
+            raw = [a.view(self.xp.uint16) if isinstance(a, self.xp.ndarray) and is_bfloat16(a.dtype) else a
+                   for a in args]
+            found = direct.find(raw) if self.direct is not None else None
+            if found is not None:
+                if self.deferred is None:     # a dry run: nothing to compile
+                    self.direct(found[1], grid, int(block), pack(raw, found[0]))
+                return
+            kernel = direct.dispatcher
         converted = [self.kernel_arg(a) for a in args]
         if self.deferred is not None:        # a dry run: record (the simulator's kernels have no types)
             types = None if self.simulated else tuple(kernel.typeof_pyval(a) for a in converted)
@@ -281,11 +309,13 @@ class Device:
             from numba.cuda import dispatcher
             plain, dispatcher.LaunchConfig = dispatcher.LaunchConfig, self._pdl_config
             try:
-                kernel[grid, block, self._numba_stream](*converted)
+                kernel[grid, block, self._numba_fns()[0]](*converted)
             finally:
                 dispatcher.LaunchConfig = plain
         else:
-            kernel[grid, block, self._numba_stream](*converted)
+            kernel[grid, block, self._numba_fns()[0]](*converted)
+        if direct is not None and self.direct is not None:     # cache its cubin for launches without Numba
+            direct.save(tuple(kernel.typeof_pyval(a) for a in converted), raw)
 
     @contextlib.contextmanager
     def deferring(self):
@@ -356,16 +386,32 @@ PDL_ENV = "EETJIT_PDL"      # "0": launch every kernel after its predecessor com
 
 def _pdl_launch_config(compute_capability: int):
     """A LaunchConfig factory that sets programmatic stream serialization, or None where that is off: before
-    sm_90, with EETJIT_PDL=0, or with a cuda.core that has no such option."""
+    sm_90, with EETJIT_PDL=0, or with a cuda.core that has no such option. cuda.core's LaunchConfig, which Numba
+    launches through too (its dispatcher module's LaunchConfig is swapped for this one around a launch)."""
     if compute_capability < 90 or os.environ.get(PDL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
+    from eetjit.backends.cuda_direct import cuda_core
+    core = cuda_core()
+    if core is None:
+        return None
+    make = core[1]
     try:
-        from numba.cuda import dispatcher
-        make = dispatcher.LaunchConfig
         make(grid=1, block=1, programmatic_stream_serialization=True)
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         return None
     return functools.partial(make, programmatic_stream_serialization=True)
+
+
+def simulator_on() -> bool:
+    """Whether kernels run on Numba's CUDA simulator: Numba's config where Numba is imported (tests reload it),
+    else NUMBA_ENABLE_CUDASIM as Numba reads it (so a GPU process need not import Numba to know)."""
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        return bool(config.ENABLE_CUDASIM)
+    try:
+        return bool(int(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") or 0))
+    except ValueError:
+        return False
 
 
 def _uint(itemsize):

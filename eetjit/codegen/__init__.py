@@ -8,14 +8,16 @@
 imported by path and compiled by Numba, whose `cache=True` object cache lands in `__pycache__` beside it.
 $EETJIT_DUMP_DIR receives a copy of every kernel source; $EETJIT_TEMPLATES_DIR replaces the shipped templates.
 `stats()` counts renders, compiles and disk-cache loads (tests assert on it). `workers` compiles CUDA kernels in
-other processes into that cache (the CUDA generator's cold start).
+other processes into that cache (the CUDA generator's cold start). On a GPU, `get_direct` hands the backend a
+kernel that launches the cubin cached under `<cache>/kernels/cuda/direct/` without Numba where one was written
+(eetjit.backends.cuda_direct), and `get_kernel`'s dispatcher otherwise.
 """
 from __future__ import annotations
 
 import sys
 
-from eetjit.codegen.cache import (CACHE_ENV, DUMP_ENV, cache_dir, clear_memory_cache, get_kernel, kernel_dir,
-                                  kernel_path, reset_stats, stats)
+from eetjit.codegen.cache import (CACHE_ENV, DUMP_ENV, cache_dir, clear_memory_cache, get_direct, get_kernel,
+                                  kernel_dir, kernel_path, reset_stats, stats)
 from eetjit.codegen.key import SpecKey, seq_bucket, specialization_key
 from eetjit.codegen.render import TEMPLATES_ENV, render, template_source, templates_root
 
@@ -28,6 +30,6 @@ def progress(iterable, *, total: int | None = None, desc: str = "eetjit: compili
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, unit="node")
 
 
-__all__ = ["specialization_key", "SpecKey", "seq_bucket", "get_kernel", "stats", "reset_stats",
+__all__ = ["specialization_key", "SpecKey", "seq_bucket", "get_kernel", "get_direct", "stats", "reset_stats",
            "clear_memory_cache", "cache_dir", "kernel_dir", "kernel_path", "template_source", "templates_root",
            "render", "progress", "CACHE_ENV", "DUMP_ENV", "TEMPLATES_ENV"]

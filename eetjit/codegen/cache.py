@@ -18,6 +18,7 @@ DUMP_ENV = "EETJIT_DUMP_DIR"    # also copy every kernel source there, for readi
 
 _lock = threading.RLock()
 _memory: dict[str, dict[SpecKey, object]] = {}  # device -> key -> dispatcher
+_direct: dict[str, dict[SpecKey, object]] = {}  # device -> key -> cuda_direct.DirectKernel
 _dispatchers: list = []                         # every dispatcher this process loaded (stats() sums them)
 _renders = 0
 _baseline = {"renders": 0, "compiles": 0, "disk_hits": 0}
@@ -70,6 +71,25 @@ def get_kernel(op: str, consts: dict, *, target: str = "cpu", dtype="float32", s
         return fn
 
 
+def get_direct(op: str, consts: dict, *, dtype="float32", seq_bucket: int | None = None, device: str | None = None,
+               templates_dir=None):
+    """CUDA on a GPU: the kernel of template `op` for `consts` as a cuda_direct.DirectKernel, which launches the
+    cubins cached for it (kernels/cuda/direct/) without Numba and falls back to get_kernel's dispatcher (imported
+    when first needed) for argument specs not cached yet."""
+    from eetjit.backends.cuda_direct import DirectKernel
+    with _lock:
+        key = specialization_key(op, "cuda", dtype, consts, seq_bucket, template_source(op, "cuda", templates_dir))
+        memory = _direct.setdefault(device or "cuda", {})
+        fn = memory.get(key)
+        if fn is None:
+            consts = dict(consts)
+            fn = memory[key] = DirectKernel(
+                key.module_name, kernel_dir("cuda") / "direct", key.device,
+                lambda: get_kernel(op, consts, target="cuda", dtype=dtype, seq_bucket=seq_bucket, device=device,
+                                   templates_dir=templates_dir))
+        return fn
+
+
 def kernel_path(fn) -> Path:
     """The rendered source file a kernel was imported from."""
     return Path(getattr(fn, "py_func", fn).__code__.co_filename)
@@ -104,6 +124,7 @@ def clear_memory_cache() -> None:
     """Forget the in-memory kernels (the imported modules and Numba's own state stay)."""
     with _lock:
         _memory.clear()
+        _direct.clear()
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -103,5 +103,10 @@ def library_versions(target: str) -> tuple[tuple[str, str], ...]:
 def device_capability(target: str) -> tuple | None:
     if target != "cuda":
         return None
-    from numba import cuda  # only a CUDA key needs the driver
+    from eetjit.backends.cuda_device import simulator_on
+    if not simulator_on():      # CuPy's, as Numba would report it: no Numba import for a key (cuda_direct)
+        import cupy
+        cc = int(cupy.cuda.Device().compute_capability)
+        return (cc // 10, cc % 10)
+    from numba import cuda      # the simulator's device
     return tuple(cuda.get_current_device().compute_capability)

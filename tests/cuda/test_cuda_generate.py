@@ -176,7 +176,8 @@ def test_gpu_long_context_decode():
 def test_gpu_cold_start_compiles_in_workers(tmp_path, monkeypatch):
     """A cold cache: the kernels of a new shape's prompt pass and decode step are compiled by worker processes
     (eetjit.codegen.workers) before the first runs, which then only load them from Numba's disk cache; the
-    tokens are those of a session that compiled as it went."""
+    tokens are those of a session that compiled as it went. A warm start on that cache launches the cubins those
+    runs left, without importing Numba (or, with that off, loads each kernel from Numba's cache once)."""
     if SIMULATED:
         pytest.skip("needs a GPU")
     from eetjit import codegen
@@ -193,31 +194,45 @@ def test_gpu_cold_start_compiles_in_workers(tmp_path, monkeypatch):
     assert sess.generate(PROMPTS[:2], max_new_tokens=4) == want
     stats = codegen.stats()
     assert stats["compiles"] == 0 and stats["disk_hits"] >= done["jobs"], stats
-    # a warm start (a fresh process on that cache): every kernel is loaded from Numba's disk cache once, none compiled
+    # those launches (through Numba) left each kernel's cubin for launches without Numba (eetjit.backends.cuda_direct)
+    assert len(list((tmp_path / "kernels" / "cuda" / "direct").glob("*.cubin"))) >= done["jobs"]
+    # a warm start (a fresh process on that cache): every launch is of a cached cubin, Numba is never imported; with
+    # EETJIT_DIRECT_LAUNCH=0, every kernel is loaded from Numba's disk cache once and none compiled
     child = (
         "import json, sys\n"
-        "from numba.cuda.core import caching\n"
         "loads = []\n"
-        "plain = caching.Cache.load_overload\n"
-        "def counted(self, sig, ctx):\n"
-        "    loads.append((self._name, str(sig)))\n"
-        "    return plain(self, sig, ctx)\n"
-        "caching.Cache.load_overload = counted\n"
+        "if sys.argv[3] == '0':\n"
+        "    from numba.cuda.core import caching\n"
+        "    plain = caching.Cache.load_overload\n"
+        "    def counted(self, sig, ctx):\n"
+        "        loads.append((self._name, str(sig)))\n"
+        "        return plain(self, sig, ctx)\n"
+        "    caching.Cache.load_overload = counted\n"
         "import eetjit\n"
         "from eetjit import codegen\n"
+        "from eetjit.backends import cuda_direct\n"
         "s = eetjit.compile(sys.argv[1], device='cuda', dtype='float16', verbose=False, max_batch=4, max_seq_len=48)\n"
         "print(json.dumps({'tokens': s.generate(json.loads(sys.argv[2]), max_new_tokens=4), 'loads': loads,\n"
-        "                  'stats': codegen.stats()}))\n")
+        "                  'stats': codegen.stats(), 'direct': cuda_direct.stats(),\n"
+        "                  'numba': sorted(m for m in sys.modules if m.startswith('numba'))[:5]}))\n")
     import json
+    import os
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", child, str(graphs_dir() / f"{FIXTURES['gpt2']}.onnx"),
-                          json.dumps(PROMPTS[:2])], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["tokens"] == want
-    assert r["stats"]["compiles"] == 0 and r["stats"]["disk_hits"] == len(r["loads"]), r
-    assert len(set(map(tuple, r["loads"]))) == len(r["loads"]), r["loads"]       # no kernel loaded twice
+    for direct in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", child, str(graphs_dir() / f"{FIXTURES['gpt2']}.onnx"),
+                              json.dumps(PROMPTS[:2]), direct], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "EETJIT_DIRECT_LAUNCH": direct})
+        assert out.returncode == 0, out.stderr[-2000:]
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        assert r["tokens"] == want
+        assert r["stats"]["compiles"] == 0 and r["stats"]["disk_hits"] == len(r["loads"]), r
+        if direct == "1":
+            assert r["numba"] == [] and r["direct"]["saves"] == 0, r
+            assert r["direct"]["loads"] >= done["jobs"] and r["direct"]["launches"] > r["direct"]["loads"], r
+        else:
+            assert r["direct"]["launches"] == 0 and r["loads"], r
+            assert len(set(map(tuple, r["loads"]))) == len(r["loads"]), r["loads"]       # no kernel loaded twice
 
 
 def test_sim_repeated_prompt_shape_runs_on_fixed_buffers():

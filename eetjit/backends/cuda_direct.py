@@ -1,0 +1,239 @@
+"""Launching cached CUDA kernels without Numba: the warm start's path.
+
+Numba compiles a rendered kernel (eetjit/codegen) once per argument types. After it launches one in any process,
+`DirectKernel.save` writes the machine code it loaded (the linked cubin) and its entry symbol beside the rendered
+files, under kernels/cuda/direct/, per compute capability and argument spec. A later process finds them there and
+launches the cubin through cuda.core, the arguments laid out as Numba's kernel ABI lays them out (an array:
+meminfo, parent, size, itemsize, data, shape, strides; a scalar as its C value). Such a process never imports
+Numba unless a kernel or an argument spec is missing; on the GPU machine Numba's CUDA target costs ~0.47 s of
+import and ~0.45 s of lowering registries (scipy.linalg, the fp16/bf16 shims) at each start, all under the GIL
+(benchmarks/gpu/NOTES.md, session 19). The launches are cheaper too (no typing of each argument).
+
+A missing cubin, an argument the spec cannot describe (a host array), or any failure to load one sends the launch
+to Numba (`Device.launch`), which compiles or loads from its own disk cache as before and, after the launch,
+writes the cubin for next time. The spec is written only when Numba typed the launch's arguments as the spec
+describes them, so a direct launch always runs the code Numba would have run.
+EETJIT_DIRECT_LAUNCH=0 turns the path off (A/B, debugging).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+DIRECT_ENV = "EETJIT_DIRECT_LAUNCH"
+FORMAT = 1          # bumped when what a spec file says changes
+
+_counts = {"loads": 0, "saves": 0, "launches": 0}
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return os.environ.get(DIRECT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cuda_core():
+    """(launch, LaunchConfig, ObjectCode, Stream) of cuda.core (its top level from 0.6, .experimental before); None
+    where it cannot be imported."""
+    try:
+        from cuda.core import LaunchConfig, ObjectCode, Stream, launch
+    except ImportError:
+        try:
+            from cuda.core.experimental import LaunchConfig, ObjectCode, Stream, launch
+        except ImportError:
+            return None
+    return launch, LaunchConfig, ObjectCode, Stream
+
+
+def stats() -> dict:
+    """Cubins loaded and written, and direct launches, in this process."""
+    with _lock:
+        return dict(_counts)
+
+
+def value_spec(x) -> tuple | None:
+    """What Numba's typeof would make of a launch argument, as a plain tuple: ("a", dtype, ndim, layout) for a device
+    array (CuPy: anything with __cuda_array_interface__ and flags), ("b",) for a bool, ("s", dtype) for a number of
+    one of _SCALARS' types. None for anything else (a host array, a tuple, a float16 scalar): such a launch goes to
+    Numba."""
+    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "flags"):
+        f = x.flags
+        layout = "C" if f.c_contiguous else "F" if f.f_contiguous else "A"
+        return ("a", x.dtype.name, x.ndim, layout)
+    if isinstance(x, (bool, np.bool_)):
+        return ("b",)
+    if isinstance(x, int):
+        return ("s", "int64") if -2**63 <= x < 2**63 else None
+    if isinstance(x, float):
+        return ("s", "float64")
+    if isinstance(x, np.generic) and x.dtype.name in _SCALARS:
+        return ("s", x.dtype.name)
+    return None
+
+
+def numba_spec(ty) -> tuple | None:
+    """value_spec's tuple for a Numba argument type; None for a type it does not describe."""
+    from numba.core import types
+    from numba.np.numpy_support import as_dtype
+    if isinstance(ty, types.Array):
+        return ("a", as_dtype(ty.dtype).name, ty.ndim, ty.layout)
+    if ty == types.boolean:
+        return ("b",)
+    if isinstance(ty, (types.Integer, types.Float)) and not isinstance(ty, types.Boolean):
+        name = as_dtype(ty).name
+        return ("s", name) if name in _SCALARS else None
+    return None
+
+
+_SCALARS = {"int8": ctypes.c_int8, "int16": ctypes.c_int16, "int32": ctypes.c_int32, "int64": ctypes.c_int64,
+            "uint8": ctypes.c_uint8, "uint16": ctypes.c_uint16, "uint32": ctypes.c_uint32,
+            "uint64": ctypes.c_uint64, "float32": ctypes.c_float, "float64": ctypes.c_double}
+
+
+def pack(args, spec) -> list:
+    """The kernel parameters of `args` (described by `spec`) as Numba lays them out: an array as meminfo (0),
+    parent (0), size, itemsize, data pointer, shape, strides in bytes; a bool as itself; a number as its C type."""
+    out = []
+    for x, s in zip(args, spec):
+        if s[0] == "a":
+            out += [0, 0, x.size, x.itemsize, x.data.ptr, *x.shape, *x.strides]
+        elif s[0] == "b":
+            out.append(bool(x))
+        else:
+            out.append(_SCALARS[s[1]](x))
+    return out
+
+
+def spec_name(module_name: str, cc: tuple, spec: tuple) -> str:
+    digest = hashlib.sha256(repr((FORMAT, tuple(cc), spec)).encode()).hexdigest()[:20]
+    return f"{module_name}-sm{''.join(map(str, cc))}-{digest}"
+
+
+class DirectKernel:
+    """A rendered kernel as the backend launches it: cubins by argument spec, loaded from `folder` when one was
+    written, else Numba's dispatcher (`loader()`, imported on first need)."""
+
+    def __init__(self, module_name: str, folder: Path, cc: tuple, loader):
+        self.module_name = module_name
+        self.folder = Path(folder)
+        self.cc = tuple(cc)
+        self._loader = loader
+        self._dispatcher = None
+        self._found: dict[tuple, object] = {}       # spec -> cuda.core Kernel, or False: none on disk
+        self._tried: set = set()                    # specs save() was asked for
+
+    @property
+    def dispatcher(self):
+        """Numba's dispatcher of the rendered module (imports Numba and the module the first time)."""
+        if self._dispatcher is None:
+            self._dispatcher = self._loader()
+        return self._dispatcher
+
+    def find(self, args):
+        """(spec, cuda.core Kernel) for these launch arguments, or None (launch through Numba)."""
+        spec = tuple(value_spec(a) for a in args)
+        if None in spec:
+            return None
+        k = self._found.get(spec)
+        if k is None:
+            k = self._found[spec] = self._load(spec)
+        return (spec, k) if k else None
+
+    def _load(self, spec):
+        name = spec_name(self.module_name, self.cc, spec)
+        meta, cubin = self.folder / f"{name}.json", self.folder / f"{name}.cubin"
+        if not (meta.is_file() and cubin.is_file()):
+            return False
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("format") != FORMAT or tuple(map(tuple, info["spec"])) != spec or \
+                    tuple(info["cc"]) != self.cc:
+                return False
+            core = cuda_core()
+            if core is None:
+                return False
+            kernel = core[2].from_cubin(cubin.read_bytes(), name=self.module_name).get_kernel(info["symbol"])
+        except Exception:   # noqa: BLE001 - unreadable or stale: Numba launches it (and writes it again)
+            return False
+        with _lock:
+            _counts["loads"] += 1
+        return kernel
+
+    def save(self, types, args) -> bool:
+        """After Numba launched this kernel with `args` (typed `types`): write its cubin and entry symbol for the
+        spec of `args`, where Numba's types say the same and the cubin needs no setup at load. Best effort."""
+        spec = tuple(value_spec(a) for a in args)
+        if None in spec or self._found.get(spec) or spec in self._tried:
+            return False
+        self._tried.add(spec)           # once a spec: a failure would fail again
+        try:
+            if tuple(numba_spec(t) for t in types) != spec:
+                return False
+            k = self.dispatcher.overloads[tuple(types)]
+            lib = k._codelibrary
+            if lib._setup_functions or lib._teardown_functions:
+                return False
+            cubin = lib.get_cubin()
+            data = cubin if isinstance(cubin, (bytes, bytearray)) else getattr(cubin, "code", None)
+            if not isinstance(data, (bytes, bytearray)):
+                return False
+            name = spec_name(self.module_name, self.cc, spec)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(self.folder / f"{name}.cubin", bytes(data))
+            _atomic_write_bytes(self.folder / f"{name}.json", json.dumps(
+                {"format": FORMAT, "symbol": k.entry_name, "spec": spec, "cc": self.cc}).encode())
+        except Exception:   # noqa: BLE001 - a Numba without these internals: it keeps launching through Numba
+            return False
+        with _lock:
+            _counts["saves"] += 1
+        self._found.pop(spec, None)     # the next launch of this spec loads it
+        return True
+
+
+class Launcher:
+    """cuda.core launches on one stream, with programmatic stream serialization where `pdl`."""
+
+    def __init__(self, stream_ptr: int, pdl: bool):
+        core = cuda_core()
+        if core is None:
+            raise ImportError("cuda.core is not importable")
+        self._launch, self._config, _, Stream = core
+        from_handle = getattr(Stream, "from_handle", None)
+        self.stream = from_handle(stream_ptr) if from_handle is not None else _ForeignStream(stream_ptr)
+        self.pdl = pdl
+        self._configs: dict = {}
+
+    def __call__(self, kernel, grid, block, params) -> None:
+        key = (grid, block)
+        config = self._configs.get(key)
+        if config is None:
+            extra = {"programmatic_stream_serialization": True} if self.pdl else {}
+            config = self._configs[key] = self._config(grid=grid, block=block, shmem_size=0, **extra)
+        self._launch(self.stream, config, kernel, *params)
+        _counts["launches"] += 1
+
+
+class _ForeignStream:
+    """A stream handle offered through the __cuda_stream__ protocol (a cuda.core without Stream.from_handle)."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
