@@ -35,12 +35,16 @@ def compile(model, device: str = "cpu", dtype: str = "float32", max_batch: int =
 
 
 def _direct_cubins_cached() -> bool:
-    """Whether the kernel cache holds any cubin for launches without Numba (eetjit.backends.cuda_direct)."""
+    """Whether the kernel cache holds a cubin for this card's compute capability, launched without Numba
+    (eetjit.backends.cuda_direct): then the start is most likely warm. A start of a model or shape not cached yet
+    imports Numba at its first such kernel instead, on the calling thread."""
     import os
     from eetjit.codegen import kernel_dir
+    from eetjit.codegen.key import device_capability
+    mark = "-sm" + "".join(map(str, device_capability("cuda"))) + "-"
     try:
         with os.scandir(kernel_dir("cuda") / "direct") as entries:
-            return any(e.name.endswith(".cubin") for e in entries)
+            return any(mark in e.name and e.name.endswith(".cubin") for e in entries)
     except OSError:
         return False
 

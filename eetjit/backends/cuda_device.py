@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from eetjit.backends.cuda_direct import DirectKernel, pack
+from eetjit.backends.cuda_direct import DirectKernel
 from eetjit.errors import InputError
 
 try:  # bfloat16 storage: ml_dtypes' NumPy dtype (a dependency of eetjit), understood by CuPy >= 14
@@ -268,10 +268,12 @@ class Device:
                     x = np.array(x, order="C")
             return x
         if isinstance(x, self.xp.ndarray):
-            if is_bfloat16(x.dtype):
-                x = x.view(self.xp.uint16)
-            return self._numba_fns()[1](x, sync=False)
+            return self._numba_fns()[1](self._bits(x), sync=False)
         return x
+
+    def _bits(self, x):
+        """A device array as a kernel reads it: bfloat16 as its uint16 bits (a view), anything else as it is."""
+        return x.view(self.xp.uint16) if isinstance(x, self.xp.ndarray) and is_bfloat16(x.dtype) else x
 
     def _numba_fns(self):
         """(Numba's view of the stream, numba.cuda.as_cuda_array): imports Numba's CUDA target the first time."""
@@ -284,16 +286,18 @@ class Device:
         grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else int(grid)
         if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
             return
-        direct = kernel if isinstance(kernel, DirectKernel) else None
-        if direct is not None:
-            raw = [a.view(self.xp.uint16) if isinstance(a, self.xp.ndarray) and is_bfloat16(a.dtype) else a
-                   for a in args]
-            found = direct.find(raw) if self.direct is not None else None
+        block = tuple(int(b) for b in block) if isinstance(block, tuple) else int(block)
+        direct = kernel if isinstance(kernel, DirectKernel) and self.direct is not None else None
+        if direct is not None:      # a cubin cached for these arguments' spec launches without Numba (cuda_direct)
+            raw = [self._bits(a) for a in args]
+            found = direct.find(raw)
             if found is not None:
                 if self.deferred is None:     # a dry run: nothing to compile
-                    self.direct(found[1], grid, int(block), pack(raw, found[0]))
+                    self.direct(found[0], grid, block, found[1])
                 return
             kernel = direct.dispatcher
+        elif isinstance(kernel, DirectKernel):
+            kernel = kernel.dispatcher
         converted = [self.kernel_arg(a) for a in args]
         if self.deferred is not None:        # a dry run: record (the simulator's kernels have no types)
             types = None if self.simulated else tuple(kernel.typeof_pyval(a) for a in converted)
@@ -314,7 +318,7 @@ class Device:
                 dispatcher.LaunchConfig = plain
         else:
             kernel[grid, block, self._numba_fns()[0]](*converted)
-        if direct is not None and self.direct is not None:     # cache its cubin for launches without Numba
+        if direct is not None and direct.wants(raw):     # cache its cubin for launches without Numba
             direct.save(tuple(kernel.typeof_pyval(a) for a in converted), raw)
 
     @contextlib.contextmanager

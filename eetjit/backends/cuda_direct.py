@@ -11,9 +11,12 @@ import and ~0.45 s of lowering registries (scipy.linalg, the fp16/bf16 shims) at
 
 A missing cubin, an argument the spec cannot describe (a host array), or any failure to load one sends the launch
 to Numba (`Device.launch`), which compiles or loads from its own disk cache as before and, after the launch,
-writes the cubin for next time. The spec is written only when Numba typed the launch's arguments as the spec
-describes them, so a direct launch always runs the code Numba would have run.
-EETJIT_DIRECT_LAUNCH=0 turns the path off (A/B, debugging).
+writes the cubin for next time. A spec is described as Numba types the device array it makes of an argument
+(its layout rules copied in `describe`, held to Numba's own by tests/cuda/test_cuda_direct.py), and written only
+where Numba typed that launch's arguments the same and the kernel launches as a plain cubin would (no load-time
+setup, cooperative launch, debug read-back, argument extension or carveout): a later launch of that spec runs the
+code Numba would have run, with the parameters it would have passed. Loaded cubins stay loaded for the process (a
+captured CUDA graph may point at them). EETJIT_DIRECT_LAUNCH=0 turns the path off (A/B, debugging).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ FORMAT = 1          # bumped when what a spec file says changes
 
 _counts = {"loads": 0, "saves": 0, "launches": 0}
 _lock = threading.Lock()
+_loaded: list = []          # every cuda.core Kernel loaded: kept for the process (CUDA graphs may point at them)
 
 
 def enabled() -> bool:
@@ -58,22 +62,78 @@ def stats() -> dict:
 
 def value_spec(x) -> tuple | None:
     """What Numba's typeof would make of a launch argument, as a plain tuple: ("a", dtype, ndim, layout) for a device
-    array (CuPy: anything with __cuda_array_interface__ and flags), ("b",) for a bool, ("s", dtype) for a number of
-    one of _SCALARS' types. None for anything else (a host array, a tuple, a float16 scalar): such a launch goes to
-    Numba."""
-    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "flags"):
-        f = x.flags
-        layout = "C" if f.c_contiguous else "F" if f.f_contiguous else "A"
-        return ("a", x.dtype.name, x.ndim, layout)
+    array (anything with __cuda_array_interface__: CuPy), ("b",) for a bool, ("s", dtype) for a number of one of
+    _SCALARS' types. None for anything else (a host array, a tuple, a float16 scalar): such a launch goes to Numba."""
+    d = describe(x)
+    return None if d is None else d[0]
+
+
+def describe(x) -> tuple | None:
+    """(value_spec, kernel parameters) of a launch argument, or None. A device array is typed as Numba types the
+    device array it makes of it (numba.cuda.as_cuda_array, DeviceNDArray._numba_type_): its strides are those of
+    __cuda_array_interface__ (C-contiguous ones where it gives None), its layout C or F where the strides say so
+    (NumPy's rule: size-1 axes do not count; an empty array is both) and A for any zero stride of a non-empty array
+    (a broadcast); C where both. Its parameters are Numba's array model (meminfo, parent, size, itemsize, data,
+    shape, strides in bytes); a bool is passed as itself, a number as its C type."""
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        dtype = np.dtype(cai["typestr"])
+        shape = tuple(int(n) for n in cai["shape"])
+        itemsize, size = dtype.itemsize, int(np.prod(shape, dtype=np.int64))
+        strides = cai.get("strides")
+        if strides is None:
+            strides, step = [], itemsize
+            for n in reversed(shape):
+                strides.append(step)
+                step *= n
+            strides = tuple(reversed(strides))
+        strides = tuple(int(t) for t in strides)
+        c, f = _contiguity(shape, strides, itemsize, size)
+        layout = "A" if (0 in strides and size) or not (c or f) else "C" if c else "F"
+        return (("a", dtype.name, len(shape), layout),
+                [0, 0, size, itemsize, int(cai["data"][0]), *shape, *strides])
     if isinstance(x, (bool, np.bool_)):
-        return ("b",)
+        return ("b",), [bool(x)]
     if isinstance(x, int):
-        return ("s", "int64") if -2**63 <= x < 2**63 else None
+        return (("s", "int64"), [ctypes.c_int64(x)]) if -2**63 <= x < 2**63 else None
     if isinstance(x, float):
-        return ("s", "float64")
+        return ("s", "float64"), [ctypes.c_double(x)]
     if isinstance(x, np.generic) and x.dtype.name in _SCALARS:
-        return ("s", x.dtype.name)
+        return ("s", x.dtype.name), [_SCALARS[x.dtype.name](x)]
     return None
+
+
+def _contiguity(shape, strides, itemsize, size) -> tuple[bool, bool]:
+    """(C-contiguous, F-contiguous) as Numba's device arrays compute them (numba.cuda.cudadrv.dummyarray)."""
+    if not shape or size == 0:
+        return True, True
+    if 0 in strides:
+        return False, False
+    c, step = True, itemsize
+    for n, t in zip(reversed(shape), reversed(strides)):
+        if n != 1:
+            c = c and t == step
+            step *= n
+    f, step = True, itemsize
+    for n, t in zip(shape, strides):
+        if n != 1:
+            if t != step:
+                f = False
+                break
+            step *= n
+    return c, f
+
+
+def describe_all(args) -> tuple | None:
+    """(spec, parameters) of a launch's arguments, or None where one cannot be described."""
+    spec, params = [], []
+    for a in args:
+        d = describe(a)
+        if d is None:
+            return None
+        spec.append(d[0])
+        params += d[1]
+    return tuple(spec), params
 
 
 def numba_spec(ty) -> tuple | None:
@@ -93,20 +153,6 @@ def numba_spec(ty) -> tuple | None:
 _SCALARS = {"int8": ctypes.c_int8, "int16": ctypes.c_int16, "int32": ctypes.c_int32, "int64": ctypes.c_int64,
             "uint8": ctypes.c_uint8, "uint16": ctypes.c_uint16, "uint32": ctypes.c_uint32,
             "uint64": ctypes.c_uint64, "float32": ctypes.c_float, "float64": ctypes.c_double}
-
-
-def pack(args, spec) -> list:
-    """The kernel parameters of `args` (described by `spec`) as Numba lays them out: an array as meminfo (0),
-    parent (0), size, itemsize, data pointer, shape, strides in bytes; a bool as itself; a number as its C type."""
-    out = []
-    for x, s in zip(args, spec):
-        if s[0] == "a":
-            out += [0, 0, x.size, x.itemsize, x.data.ptr, *x.shape, *x.strides]
-        elif s[0] == "b":
-            out.append(bool(x))
-        else:
-            out.append(_SCALARS[s[1]](x))
-    return out
 
 
 def spec_name(module_name: str, cc: tuple, spec: tuple) -> str:
@@ -135,14 +181,14 @@ class DirectKernel:
         return self._dispatcher
 
     def find(self, args):
-        """(spec, cuda.core Kernel) for these launch arguments, or None (launch through Numba)."""
-        spec = tuple(value_spec(a) for a in args)
-        if None in spec:
+        """(cuda.core Kernel, kernel parameters) for these launch arguments, or None (launch through Numba)."""
+        d = describe_all(args)
+        if d is None:
             return None
-        k = self._found.get(spec)
+        k = self._found.get(d[0])
         if k is None:
-            k = self._found[spec] = self._load(spec)
-        return (spec, k) if k else None
+            k = self._found[d[0]] = self._load(d[0])
+        return (k, d[1]) if k else None
 
     def _load(self, spec):
         name = spec_name(self.module_name, self.cc, spec)
@@ -151,42 +197,58 @@ class DirectKernel:
             return False
         try:
             info = json.loads(meta.read_text())
+            data = cubin.read_bytes()
+            # the pair one process wrote (two processes' cubins of a kernel may differ in their symbol names)
             if info.get("format") != FORMAT or tuple(map(tuple, info["spec"])) != spec or \
-                    tuple(info["cc"]) != self.cc:
+                    tuple(info["cc"]) != self.cc or info.get("sha256") != hashlib.sha256(data).hexdigest():
                 return False
             core = cuda_core()
             if core is None:
                 return False
-            kernel = core[2].from_cubin(cubin.read_bytes(), name=self.module_name).get_kernel(info["symbol"])
+            kernel = core[2].from_cubin(data, name=self.module_name).get_kernel(info["symbol"])
         except Exception:   # noqa: BLE001 - unreadable or stale: Numba launches it (and writes it again)
             return False
         with _lock:
             _counts["loads"] += 1
+            _loaded.append(kernel)      # never unloaded: a captured graph may point at it after its kernel dies
         return kernel
+
+    def wants(self, args) -> bool:
+        """Whether save() should be offered this launch (its spec describable, not cached, not tried): the caller
+        types the arguments only then."""
+        d = describe_all(args)
+        return d is not None and not self._found.get(d[0]) and d[0] not in self._tried
 
     def save(self, types, args) -> bool:
         """After Numba launched this kernel with `args` (typed `types`): write its cubin and entry symbol for the
-        spec of `args`, where Numba's types say the same and the cubin needs no setup at load. Best effort."""
-        spec = tuple(value_spec(a) for a in args)
-        if None in spec or self._found.get(spec) or spec in self._tried:
+        spec of `args`, where Numba's types say the same and the kernel launches as a plain cubin would (no
+        load-time setup, no cooperative launch, no debug error read-back, no argument extensions, no carveout).
+        Best effort: False where it wrote nothing."""
+        d = describe_all(args)
+        if d is None or self._found.get(d[0]) or d[0] in self._tried:
             return False
+        spec = d[0]
         self._tried.add(spec)           # once a spec: a failure would fail again
         try:
             if tuple(numba_spec(t) for t in types) != spec:
                 return False
             k = self.dispatcher.overloads[tuple(types)]
             lib = k._codelibrary
-            if lib._setup_functions or lib._teardown_functions:
+            if (lib._setup_functions or lib._teardown_functions or getattr(k, "cooperative", True)
+                    or getattr(k, "debug", True) or getattr(k, "extensions", True)
+                    or getattr(k, "shared_memory_carveout", True) is not None):
                 return False
             cubin = lib.get_cubin()
             data = cubin if isinstance(cubin, (bytes, bytearray)) else getattr(cubin, "code", None)
             if not isinstance(data, (bytes, bytearray)):
                 return False
+            data = bytes(data)
+            from eetjit.codegen.cache import _atomic_write
             name = spec_name(self.module_name, self.cc, spec)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(self.folder / f"{name}.cubin", bytes(data))
-            _atomic_write_bytes(self.folder / f"{name}.json", json.dumps(
-                {"format": FORMAT, "symbol": k.entry_name, "spec": spec, "cc": self.cc}).encode())
+            _atomic_write(self.folder / f"{name}.cubin", data)
+            _atomic_write(self.folder / f"{name}.json", json.dumps(
+                {"format": FORMAT, "symbol": k.entry_name, "spec": spec, "cc": self.cc,
+                 "sha256": hashlib.sha256(data).hexdigest()}))
         except Exception:   # noqa: BLE001 - a Numba without these internals: it keeps launching through Numba
             return False
         with _lock:
@@ -209,6 +271,7 @@ class Launcher:
         self._configs: dict = {}
 
     def __call__(self, kernel, grid, block, params) -> None:
+        """Launch `kernel` (a cuda.core Kernel) with these parameters (describe_all's)."""
         key = (grid, block)
         config = self._configs.get(key)
         if config is None:
@@ -226,14 +289,3 @@ class _ForeignStream:
 
     def __cuda_stream__(self):
         return (0, self.ptr)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -1,6 +1,8 @@
 """The kernel caches: in memory per device (key -> compiled function), on disk as the rendered `.py` file
 named by the key's digest plus Numba's own object cache beside it (`__pycache__/*.nbi|*.nbc`), so a second
-process imports the file and loads the machine code instead of compiling."""
+process imports the file and loads the machine code instead of compiling. On a GPU, `direct/` beside them holds
+each launched kernel's cubin per compute capability and argument spec, which a later process launches without
+importing Numba (eetjit.backends.cuda_direct; `get_direct`)."""
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +48,7 @@ def get_kernel(op: str, consts: dict, *, target: str = "cpu", dtype="float32", s
     now (or loaded from Numba's disk cache) instead of at the first call."""
     global _renders
     with _lock:
-        key = specialization_key(op, target, dtype, consts, seq_bucket,
-                                 template_source(op, target, templates_dir))
+        key = _key(op, target, dtype, consts, seq_bucket, templates_dir)
         memory = _memory.setdefault(device or target, {})
         fn = memory.get(key)
         if fn is not None:
@@ -78,7 +79,7 @@ def get_direct(op: str, consts: dict, *, dtype="float32", seq_bucket: int | None
     when first needed) for argument specs not cached yet."""
     from eetjit.backends.cuda_direct import DirectKernel
     with _lock:
-        key = specialization_key(op, "cuda", dtype, consts, seq_bucket, template_source(op, "cuda", templates_dir))
+        key = _key(op, "cuda", dtype, consts, seq_bucket, templates_dir)
         memory = _direct.setdefault(device or "cuda", {})
         fn = memory.get(key)
         if fn is None:
@@ -88,6 +89,10 @@ def get_direct(op: str, consts: dict, *, dtype="float32", seq_bucket: int | None
                 lambda: get_kernel(op, consts, target="cuda", dtype=dtype, seq_bucket=seq_bucket, device=device,
                                    templates_dir=templates_dir))
         return fn
+
+
+def _key(op, target, dtype, consts, seq_bucket, templates_dir) -> SpecKey:
+    return specialization_key(op, target, dtype, consts, seq_bucket, template_source(op, target, templates_dir))
 
 
 def kernel_path(fn) -> Path:
@@ -127,14 +132,14 @@ def clear_memory_cache() -> None:
         _direct.clear()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace, so a reader never sees half a file.
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    """Write via a temp file + os.replace, so a reader never sees half a file (text as UTF-8, or bytes).
 
     The mtime is set from the content hash: Numba's cache index is keyed on the source file's (mtime, size),
     so when two processes render the same kernel and both replace the file, identical bytes get an identical
     stamp and neither invalidates the other's compiled code."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode()
+    data = text.encode() if isinstance(text, str) else text
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
