@@ -88,8 +88,8 @@ def describe(x) -> tuple | None:
                 step *= n
             strides = tuple(reversed(strides))
         strides = tuple(int(t) for t in strides)
-        c, f = _contiguity(shape, strides, itemsize, size)
-        layout = "A" if (0 in strides and size) or not (c or f) else "C" if c else "F"
+        c, f = _contiguity(shape, strides, itemsize, size)      # neither for a zero stride of a non-empty array
+        layout = "C" if c else "F" if f else "A"
         return (("a", dtype.name, len(shape), layout),
                 [0, 0, size, itemsize, int(cai["data"][0]), *shape, *strides])
     if isinstance(x, (bool, np.bool_)):
