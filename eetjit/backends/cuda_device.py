@@ -287,7 +287,8 @@ class Device:
         if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
             return
         block = tuple(int(b) for b in block) if isinstance(block, tuple) else int(block)
-        direct = kernel if isinstance(kernel, DirectKernel) and self.direct is not None else None
+        # the backend hands out DirectKernels only where self.direct is set (CudaBackend.kernel)
+        direct = kernel if isinstance(kernel, DirectKernel) else None
         if direct is not None:      # a cubin cached for these arguments' spec launches without Numba (cuda_direct)
             raw = [self._bits(a) for a in args]
             found = direct.find(raw)
@@ -296,8 +297,6 @@ class Device:
                     self.direct(found[0], grid, block, found[1])
                 return
             kernel = direct.dispatcher
-        elif isinstance(kernel, DirectKernel):
-            kernel = kernel.dispatcher
         converted = [self.kernel_arg(a) for a in args]
         if self.deferred is not None:        # a dry run: record (the simulator's kernels have no types)
             types = None if self.simulated else tuple(kernel.typeof_pyval(a) for a in converted)

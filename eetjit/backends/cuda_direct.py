@@ -81,13 +81,7 @@ def describe(x) -> tuple | None:
         shape = tuple(int(n) for n in cai["shape"])
         itemsize, size = dtype.itemsize, int(np.prod(shape, dtype=np.int64))
         strides = cai.get("strides")
-        if strides is None:
-            strides, step = [], itemsize
-            for n in reversed(shape):
-                strides.append(step)
-                step *= n
-            strides = tuple(reversed(strides))
-        strides = tuple(int(t) for t in strides)
+        strides = c_strides(shape, itemsize) if strides is None else tuple(int(t) for t in strides)
         c, f = _contiguity(shape, strides, itemsize, size)      # neither for a zero stride of a non-empty array
         layout = "C" if c else "F" if f else "A"
         return (("a", dtype.name, len(shape), layout),
@@ -101,6 +95,15 @@ def describe(x) -> tuple | None:
     if isinstance(x, np.generic) and x.dtype.name in _SCALARS:
         return ("s", x.dtype.name), [_SCALARS[x.dtype.name](x)]
     return None
+
+
+def c_strides(shape, itemsize) -> tuple:
+    """The strides in bytes of a C-contiguous array of `shape`."""
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
 
 
 def _contiguity(shape, strides, itemsize, size) -> tuple[bool, bool]:

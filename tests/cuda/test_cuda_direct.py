@@ -2,6 +2,7 @@
 typing and array ABI, the cubin files a launch through Numba leaves and what a later process accepts of them.
 The launches themselves need a GPU: test_cuda_generate.py's warm start (pytest -m gpu) runs a whole generate on
 them in a fresh process that never imports Numba."""
+import functools
 import hashlib
 import json
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from cuda_helpers import SETTINGS
 
 from eetjit.backends import cuda_direct
-from eetjit.backends.cuda_direct import DirectKernel, describe_all, numba_spec, spec_name, value_spec
+from eetjit.backends.cuda_direct import DirectKernel, c_strides, describe_all, numba_spec, spec_name, value_spec
 
 
 class FakeDeviceArray:
@@ -37,35 +38,34 @@ def _views(rng, dtype, shape):
     return out
 
 
-def _numba_device_type(a):
-    """How Numba-CUDA types the device array it makes of `a`'s interface (numba.cuda.as_cuda_array), without a GPU:
-    the contiguity flags of its own dummyarray module (loaded from numba-cuda's files: the simulator replaces that
-    package), the layout rule of DeviceNDArrayBase._numba_type_ (C, else F, else A; A for any zero stride of a
-    non-empty array). test_device_array_spec_is_numbas_type checks against the real one on a GPU."""
+@functools.lru_cache(maxsize=None)
+def _dummyarray():
+    """numba-cuda's own dummyarray module, loaded from its file once."""
     import importlib.util
     from pathlib import Path
-    from numba.core import types
-    from numba.np.numpy_support import from_dtype
     import numba_cuda
     path = Path(numba_cuda.__file__).parent / "numba" / "cuda" / "cudadrv" / "dummyarray.py"
     spec = importlib.util.spec_from_file_location("_eetjit_test_dummyarray", path)
     dummy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dummy)
+    return dummy
+
+
+def _numba_device_type(a):
+    """How Numba-CUDA types the device array it makes of `a`'s interface (numba.cuda.as_cuda_array), without a GPU:
+    the contiguity flags of its own dummyarray module (loaded from numba-cuda's files: the simulator replaces that
+    package), the layout rule of DeviceNDArrayBase._numba_type_ (C, else F, else A; A for any zero stride of a
+    non-empty array). test_device_array_spec_is_numbas_type checks against the real one on a GPU."""
+    from numba.core import types
+    from numba.np.numpy_support import from_dtype
+    dummy = _dummyarray()
     cai = FakeDeviceArray(a).__cuda_array_interface__
-    strides = cai["strides"] or _c_strides(a.shape, a.itemsize)
+    strides = cai["strides"] or c_strides(a.shape, a.itemsize)
     flags = dummy.Array.from_desc(0, a.shape, strides, a.itemsize).flags
     broadcast = 0 in strides and a.size != 0
     layout = "C" if flags["C_CONTIGUOUS"] and not broadcast else "F" if flags["F_CONTIGUOUS"] and not broadcast \
         else "A"
     return types.Array(from_dtype(a.dtype), a.ndim, layout)
-
-
-def _c_strides(shape, itemsize):
-    out, step = [], itemsize
-    for n in reversed(shape):
-        out.append(step)
-        step *= n
-    return tuple(reversed(out))
 
 
 @SETTINGS
