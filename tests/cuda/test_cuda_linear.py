@@ -255,6 +255,41 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
     np.testing.assert_array_equal(got, want)
 
 
+def test_gemv_mma_by_width(where, monkeypatch):
+    """gemv_mma by the GEMM's width min(K, N): past gemv_mma_max_width cuBLASLt runs it (the simulator's stand-in
+    here), and from gemv_mma_deep's width and rows on it runs that many k-steps a warp; other GEMMs keep the tile.
+    Every result right. The GPU's rule (1024; 8 steps from width 769 and 17 rows) is not the simulator's: both are
+    set here to the simulator's sizes."""
+    backend = _path(get_backend("float16"), "gemv-mma")
+    monkeypatch.setattr(backend, "gemv_mma_max_width", 32)
+    monkeypatch.setattr(backend, "gemv_mma_deep", dict(min_width=24, min_m=3, steps=2))
+    steps = backend.gemv_mma_tune["steps"]
+    assert steps != 2
+    rng = np.random.default_rng(5)
+    for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 2), ((32, 48, 4), 2),
+                            ((64, 40, 3), None), ((48, 40, 1), None)]:
+        backend._kernels.clear()
+        _runs_right(backend, "float16", rng, K, N, "none", [M])
+        ran = [dict(memo[2])["steps"] for memo in backend._kernels if memo[0] == "gemv_mma"]
+        assert ran == ([] if want is None else [want]), (K, N, M, ran)
+    _path(backend, "auto")
+
+
+def test_gemv_mma_by_width_knobs(monkeypatch):
+    """A tile given by EETJIT_GEMV_MMA_TUNE runs at every width (no cap, no deep steps: an A/B of that tile);
+    EETJIT_GEMV_MMA_MAX_WIDTH sets the cap."""
+    from eetjit.backends.cuda import CudaBackend
+    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_WIDTH", "512")
+    be = CudaBackend("float16", verbose=False)
+    assert be.gemv_mma_max_width == 512
+    assert be.gemv_mma_deep == (None if be.mode == "sim" else dict(min_width=769, min_m=17, steps=8))
+    monkeypatch.delenv("EETJIT_GEMV_MMA_MAX_WIDTH")
+    monkeypatch.setenv("EETJIT_GEMV_MMA_TUNE", "4,12,4")
+    be = CudaBackend("float16", verbose=False)
+    assert be.gemv_mma_max_width == 0 and be.gemv_mma_deep is None
+    assert be._mma_tile(32, 1024, 3072) == dict(vw=4, warps=12, steps=4)
+
+
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
                                          ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
                                          ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"),
