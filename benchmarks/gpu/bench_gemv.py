@@ -134,7 +134,7 @@ def _use(be, M, tune) -> None:
         be.gemv_nk_max_vpl, be.gemv_nk_cpg = tune[1], tune[2]
     elif tune is not None:
         be.gemv_mma_tune = dict(zip(("vw", "warps", "steps"), (int(v) for v in tune.split(","))))
-        be.gemv_mma_max_width, be.gemv_mma_deep = 0, None      # the tile as given, at every width
+        be.gemv_mma_wide = None         # the tile as given, at every width
 
 
 def timed(dev, fn, repeats) -> float:

@@ -250,14 +250,13 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 #         ms/step with steps = 8 (cuBLASLt for all: 1.654). At GPT-2 small's 768, steps = 8 lost (0.593 -> 0.658).
 #   1600: cuBLASLt 32.7, this tile 72.3, the best of 8 tiles 53.2: GPT-2 XL-size B32 x 512 6.11 -> 3.77 ms/step
 #         with cuBLASLt (session 14 found the same order at 8 rows: 31.5 against 34.9).
-# So past GEMV_MMA_MAX_WIDTH gemv_mma does not run (cuBLASLt, the norm kernel first where a NormLinear's prologue
-# would have been folded into it), and from GEMV_MMA_DEEP's width and rows it runs `steps` k-steps a warp (rows of
-# 2-16 keep the tile: nothing measured there, and a block holding more of K changes where the prologue runs).
-# Unmeasured between 1024 and 1600: the cap is the side measured to hold. Neither applies to a tile given by
-# EETJIT_GEMV_MMA_TUNE; EETJIT_GEMV_MMA_MAX_WIDTH overrides the cap (0: none).
-GEMV_MMA_MAX_WIDTH = {"gpu": 1024, "sim": 0}
-GEMV_MMA_MAX_WIDTH_ENV = "EETJIT_GEMV_MMA_MAX_WIDTH"
-GEMV_MMA_DEEP = {"gpu": dict(min_width=769, min_m=17, steps=8), "sim": None}
+# So from GEMV_MMA_WIDE's rows (17: where it was measured; 2-16 rows keep the tile, nothing measured there, and at
+# 2-8 rows gemv_mma takes the norm prologue that cuBLASLt cannot) gemv_mma runs `steps` k-steps a warp from width
+# `deep_from`, and does not run past `max_width` (cuBLASLt, the norm kernel first where a NormLinear's prologue was
+# folded). Unmeasured between 1024 and 1600: the cap is the side measured to hold. EETJIT_GEMV_MMA_WIDE=0, or a
+# tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B).
+GEMV_MMA_WIDE = {"gpu": dict(min_m=17, deep_from=769, steps=8, max_width=1024), "sim": None}
+GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
 # sums (2 x rows x warps float32, taken off before the slots are counted) must fit
 GEMV_MMA_SMEM = 46 * 1024
@@ -384,9 +383,7 @@ class CudaBackend:
         self.gemv_mma_stats_min_m = int(os.environ.get(GEMV_MMA_STATS_ENV, GEMV_MMA_STATS_MIN_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
         tuned = os.environ.get(GEMV_MMA_TUNE_ENV) is not None
-        self.gemv_mma_max_width = int(os.environ.get(GEMV_MMA_MAX_WIDTH_ENV, 0 if tuned else
-                                                     GEMV_MMA_MAX_WIDTH[self.mode]))
-        self.gemv_mma_deep = None if tuned else GEMV_MMA_DEEP[self.mode]
+        self.gemv_mma_wide = None if tuned or not _env_flag(GEMV_MMA_WIDE_ENV) else GEMV_MMA_WIDE[self.mode]
         mt = self.gemv_mma_tune
         if mt["vw"] not in (2, 4, 8) or not 1 <= mt["warps"] <= 32 or mt["steps"] < 1:
             raise ValueError(f"{GEMV_MMA_TUNE_ENV}={mt}: vw (weight columns per lane load) must be 2, 4 or 8, warps "
@@ -870,26 +867,31 @@ class CudaBackend:
 
     def _mma_fits(self, x_MK, N, W_KN) -> bool:
         """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a card with mma.sync (sm_80+), a half dtype, M up to
-        gemv_mma_max_m and one shared slot of its rows fitting GEMV_MMA_SMEM, N up to gemv_max_n, the width
-        min(K, N) up to gemv_mma_max_width (GEMV_MMA_MAX_WIDTH), K a positive
+        gemv_mma_max_m and one shared slot of its rows fitting GEMV_MMA_SMEM, N up to gemv_max_n, not too wide
+        for its rows (GEMV_MMA_WIDE), K a positive
         multiple of 16 and of a lane's k segment (4 steps), x contiguous and 16-byte aligned (a lane reads its
         segment of a row in 16-byte loads), W's stored rows whole aligned loads of vw."""
         M, K = x_MK.shape
         vw, steps = self.gemv_mma_tune["vw"], self._mma_tile(M, K, N)["steps"]
         return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
-                and (not self.gemv_mma_max_width or min(K, N) <= self.gemv_mma_max_width)
+                and not self._mma_too_wide(M, K, N)
                 and self.dev.mma_sync and _mma_slot_bytes(M, vw) <= GEMV_MMA_SMEM
                 and K > 0 and K % 16 == 0 and K % (4 * steps) == 0 and x_MK.flags.c_contiguous
                 and W_KN.flags.c_contiguous and W_KN.shape[1] % vw == 0 and W_KN.shape[1] >= N
                 and (self.dev.simulated or (_ptr(x_MK) % 16 == 0 and _ptr(W_KN) % (2 * vw) == 0)))
 
     def _mma_tile(self, M, K, N) -> dict:
-        """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_DEEP's steps
-        from its width min(K, N) and rows on."""
-        deep = self.gemv_mma_deep
-        if deep and M >= deep["min_m"] and min(K, N) >= deep["min_width"]:
-            return dict(self.gemv_mma_tune, steps=deep["steps"])
+        """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_WIDE's steps
+        from its rows and width min(K, N) on."""
+        wide = self.gemv_mma_wide
+        if wide and M >= wide["min_m"] and min(K, N) >= wide["deep_from"]:
+            return dict(self.gemv_mma_tune, steps=wide["steps"])
         return self.gemv_mma_tune
+
+    def _mma_too_wide(self, M, K, N) -> bool:
+        """Whether cuBLASLt runs y[M, N] = x[M, K] @ W instead of gemv_mma: GEMV_MMA_WIDE's rows, past its width."""
+        wide = self.gemv_mma_wide
+        return bool(wide and M >= wide["min_m"] and min(K, N) > wide["max_width"])
 
     def _mma_ksplit(self, M, K, N) -> tuple[int, int]:
         """gemv_mma's (k ranges over blocks, warps per block) for K: warps x steps x 16 k a block at most."""

@@ -256,18 +256,17 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 
 
 def test_gemv_mma_by_width(where, monkeypatch):
-    """gemv_mma by the GEMM's width min(K, N): past gemv_mma_max_width cuBLASLt runs it (the simulator's stand-in
-    here), and from gemv_mma_deep's width and rows on it runs that many k-steps a warp; other GEMMs keep the tile.
-    Every result right. The GPU's rule (1024; 8 steps from width 769 and 17 rows) is not the simulator's: both are
-    set here to the simulator's sizes."""
+    """gemv_mma by the GEMM's rows and width min(K, N) (gemv_mma_wide): from its rows on, past its width cuBLASLt
+    runs the GEMM (the simulator's stand-in here) and from its deep_from width gemv_mma runs that many k-steps a
+    warp; fewer rows, or narrower GEMMs, keep the tile. Every result right. The GPU's rule (from 17 rows: 8 steps
+    from width 769, cuBLASLt past 1024) is not the simulator's: set here to the simulator's sizes."""
     backend = _path(get_backend("float16"), "gemv-mma")
-    monkeypatch.setattr(backend, "gemv_mma_max_width", 32)
-    monkeypatch.setattr(backend, "gemv_mma_deep", dict(min_width=24, min_m=3, steps=2))
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=24, steps=2, max_width=32))
     steps = backend.gemv_mma_tune["steps"]
     assert steps != 2
     rng = np.random.default_rng(5)
     for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 2), ((32, 48, 4), 2),
-                            ((64, 40, 3), None), ((48, 40, 1), None)]:
+                            ((64, 40, 3), None), ((48, 40, 2), steps)]:
         backend._kernels.clear()
         _runs_right(backend, "float16", rng, K, N, "none", [M])
         ran = [dict(memo[2])["steps"] for memo in backend._kernels if memo[0] == "gemv_mma"]
@@ -276,18 +275,18 @@ def test_gemv_mma_by_width(where, monkeypatch):
 
 
 def test_gemv_mma_by_width_knobs(monkeypatch):
-    """A tile given by EETJIT_GEMV_MMA_TUNE runs at every width (no cap, no deep steps: an A/B of that tile);
-    EETJIT_GEMV_MMA_MAX_WIDTH sets the cap."""
-    from eetjit.backends.cuda import CudaBackend
-    monkeypatch.setenv("EETJIT_GEMV_MMA_MAX_WIDTH", "512")
+    """EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE, runs the tile at every width and row count
+    (an A/B of that tile)."""
+    from eetjit.backends.cuda import GEMV_MMA_WIDE, CudaBackend
     be = CudaBackend("float16", verbose=False)
-    assert be.gemv_mma_max_width == 512
-    assert be.gemv_mma_deep == (None if be.mode == "sim" else dict(min_width=769, min_m=17, steps=8))
-    monkeypatch.delenv("EETJIT_GEMV_MMA_MAX_WIDTH")
-    monkeypatch.setenv("EETJIT_GEMV_MMA_TUNE", "4,12,4")
-    be = CudaBackend("float16", verbose=False)
-    assert be.gemv_mma_max_width == 0 and be.gemv_mma_deep is None
-    assert be._mma_tile(32, 1024, 3072) == dict(vw=4, warps=12, steps=4)
+    assert be.gemv_mma_wide == GEMV_MMA_WIDE[be.mode]
+    assert GEMV_MMA_WIDE["gpu"]["max_width"] == 1024
+    for name, value in [("EETJIT_GEMV_MMA_WIDE", "0"), ("EETJIT_GEMV_MMA_TUNE", "4,12,4")]:
+        monkeypatch.setenv(name, value)
+        be = CudaBackend("float16", verbose=False)
+        assert be.gemv_mma_wide is None
+        assert be._mma_tile(32, 1024, 3072) == be.gemv_mma_tune and not be._mma_too_wide(32, 1600, 4800)
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
