@@ -196,7 +196,7 @@ GEMV_TC_ENV = "EETJIT_GEMV_TC"
 GEMV_TC_TUNE_ENV = "EETJIT_GEMV_TC_TUNE"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
-# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile), up to GEMV_MMA_NORM_MAX_M rows;
+# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile at those rows), up to GEMV_MMA_NORM_MAX_M rows;
 # other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
 # H200, GPT-2 small decode: session 10's prologue gave B8 x 256 0.463 -> 0.452 ms/step but B32 x 512 0.698 -> 0.999
 # (549 float conversions per lane at 32 rows); unpacking each word once (session 11, 134 of them) made B8
@@ -252,9 +252,11 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 #         with cuBLASLt (session 14 found the same order at 8 rows: 31.5 against 34.9).
 # So from GEMV_MMA_WIDE's rows (17: where it was measured; 2-16 rows keep the tile, nothing measured there, and at
 # 2-8 rows gemv_mma takes the norm prologue that cuBLASLt cannot) gemv_mma runs `steps` k-steps a warp from width
-# `deep_from`, and does not run past `max_width` (cuBLASLt, the norm kernel first where a NormLinear's prologue was
-# folded). Unmeasured between 1024 and 1600: the cap is the side measured to hold. EETJIT_GEMV_MMA_WIDE=0, or a
-# tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B).
+# `deep_from` (where K is whole segments of them; else the tile), and does not run past `max_width`: cuBLASLt does,
+# and where _pre_linear's two GEMMs would have handed the row statistics over, the producer Linear, the add-norm
+# kernel and cuBLASLt run instead. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
+# EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B);
+# assigning gemv_mma_tune alone (tests, bench_gemv.py) leaves the rule on.
 GEMV_MMA_WIDE = {"gpu": dict(min_m=17, deep_from=769, steps=8, max_width=1024), "sim": None}
 GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
@@ -273,10 +275,13 @@ def _env_flag(name: str, default: str = "1") -> bool:
 
 def _env_tune(name: str, default: dict) -> dict:
     """`default`, or the comma-separated integers of $name for its keys in order (an A/B knob)."""
-    text = os.environ.get(name)
+    text = os.environ.get(name, "").strip()
     if not text:
         return dict(default)
-    values = [int(v) for v in text.split(",")]
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
     if len(values) != len(default):
         raise ValueError(f"{name}={text!r}: expected {len(default)} integers ({','.join(default)})")
     return dict(zip(default, values))
@@ -382,7 +387,7 @@ class CudaBackend:
         self.gemv_mma_norm_max_m = int(os.environ.get(GEMV_MMA_NORM_ENV, GEMV_MMA_NORM_MAX_M[self.mode]))
         self.gemv_mma_stats_min_m = int(os.environ.get(GEMV_MMA_STATS_ENV, GEMV_MMA_STATS_MIN_M[self.mode]))
         self.gemv_mma_tune = _env_tune(GEMV_MMA_TUNE_ENV, GEMV_MMA[self.mode])
-        tuned = os.environ.get(GEMV_MMA_TUNE_ENV) is not None
+        tuned = bool(os.environ.get(GEMV_MMA_TUNE_ENV, "").strip())
         self.gemv_mma_wide = None if tuned or not _env_flag(GEMV_MMA_WIDE_ENV) else GEMV_MMA_WIDE[self.mode]
         mt = self.gemv_mma_tune
         if mt["vw"] not in (2, 4, 8) or not 1 <= mt["warps"] <= 32 or mt["steps"] < 1:
@@ -882,9 +887,9 @@ class CudaBackend:
 
     def _mma_tile(self, M, K, N) -> dict:
         """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_WIDE's steps
-        from its rows and width min(K, N) on."""
+        from its rows and width min(K, N) on, where K is whole k segments of them (4 steps of 16 a lane)."""
         wide = self.gemv_mma_wide
-        if wide and M >= wide["min_m"] and min(K, N) >= wide["deep_from"]:
+        if wide and M >= wide["min_m"] and min(K, N) >= wide["deep_from"] and K % (4 * wide["steps"]) == 0:
             return dict(self.gemv_mma_tune, steps=wide["steps"])
         return self.gemv_mma_tune
 
@@ -894,7 +899,8 @@ class CudaBackend:
         return bool(wide and M >= wide["min_m"] and min(K, N) > wide["max_width"])
 
     def _mma_ksplit(self, M, K, N) -> tuple[int, int]:
-        """gemv_mma's (k ranges over blocks, warps per block) for K: warps x steps x 16 k a block at most."""
+        """gemv_mma's (k ranges over blocks, warps per block) for K: warps x steps x 16 k a block at most (the
+        tile of _mma_tile(M, K, N))."""
         tile = self._mma_tile(M, K, N)
         warps, steps = tile["warps"], tile["steps"]
         ksteps = K // 16

@@ -258,15 +258,16 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 def test_gemv_mma_by_width(where, monkeypatch):
     """gemv_mma by the GEMM's rows and width min(K, N) (gemv_mma_wide): from its rows on, past its width cuBLASLt
     runs the GEMM (the simulator's stand-in here) and from its deep_from width gemv_mma runs that many k-steps a
-    warp; fewer rows, or narrower GEMMs, keep the tile. Every result right. The GPU's rule (from 17 rows: 8 steps
-    from width 769, cuBLASLt past 1024) is not the simulator's: set here to the simulator's sizes."""
+    warp where K is whole segments of them (4 steps a lane: K a multiple of 32 for 8 steps); fewer rows, narrower
+    GEMMs or a K of part segments keep the tile. Every result right. The GPU's rule (from 17 rows: 8 steps from
+    width 769, cuBLASLt past 1024) is not the simulator's: set here to the simulator's sizes."""
     backend = _path(get_backend("float16"), "gemv-mma")
-    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=24, steps=2, max_width=32))
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=24, steps=8, max_width=32))
     steps = backend.gemv_mma_tune["steps"]
-    assert steps != 2
+    assert steps != 8
     rng = np.random.default_rng(5)
-    for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 2), ((32, 48, 4), 2),
-                            ((64, 40, 3), None), ((48, 40, 2), steps)]:
+    for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 8), ((32, 48, 4), 8),
+                            ((48, 32, 3), steps), ((64, 40, 3), None), ((48, 40, 2), steps)]:
         backend._kernels.clear()
         _runs_right(backend, "float16", rng, K, N, "none", [M])
         ran = [dict(memo[2])["steps"] for memo in backend._kernels if memo[0] == "gemv_mma"]
@@ -274,25 +275,31 @@ def test_gemv_mma_by_width(where, monkeypatch):
     _path(backend, "auto")
 
 
-def test_gemv_mma_by_width_knobs(monkeypatch):
+@pytest.mark.parametrize("name, value", [(None, None), ("EETJIT_GEMV_MMA_WIDE", "0"), ("EETJIT_GEMV_MMA_TUNE", "4,12,4"),
+                                         ("EETJIT_GEMV_MMA_TUNE", " ")])
+def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     """EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE, runs the tile at every width and row count
-    (an A/B of that tile)."""
-    from eetjit.backends.cuda import GEMV_MMA_WIDE, CudaBackend
-    be = CudaBackend("float16", verbose=False)
-    assert be.gemv_mma_wide == GEMV_MMA_WIDE[be.mode]
-    assert GEMV_MMA_WIDE["gpu"]["max_width"] == 1024
-    for name, value in [("EETJIT_GEMV_MMA_WIDE", "0"), ("EETJIT_GEMV_MMA_TUNE", "4,12,4")]:
+    (an A/B of that tile); an empty EETJIT_GEMV_MMA_TUNE is no tile given. The rule is the mode's (the GPU's put
+    in for the simulator's, which has none)."""
+    import eetjit.backends.cuda as cuda_backend
+    rule = cuda_backend.GEMV_MMA_WIDE["gpu"]
+    assert rule == dict(min_m=17, deep_from=769, steps=8, max_width=1024)
+    monkeypatch.setitem(cuda_backend.GEMV_MMA_WIDE, "sim", rule)
+    if name:
         monkeypatch.setenv(name, value)
-        be = CudaBackend("float16", verbose=False)
-        assert be.gemv_mma_wide is None
-        assert be._mma_tile(32, 1024, 3072) == be.gemv_mma_tune and not be._mma_too_wide(32, 1600, 4800)
-        monkeypatch.delenv(name)
+    be = cuda_backend.CudaBackend("float16", verbose=False)
+    on = name is None or not value.strip()
+    assert be.gemv_mma_wide == (rule if on else None)
+    assert be._mma_tile(32, 1024, 3072)["steps"] == (8 if on else be.gemv_mma_tune["steps"])
+    assert be._mma_tile(16, 1024, 3072)["steps"] == be.gemv_mma_tune["steps"]
+    assert be._mma_too_wide(32, 1600, 4800) == on and not be._mma_too_wide(16, 1600, 4800)
 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),
                                          ("EETJIT_GEMV_TC_TUNE", "2,8"), ("EETJIT_GEMV_NK_MAX_VPL", "0"),
                                          ("EETJIT_GEMV_MMA_TUNE", "3,12,4"), ("EETJIT_GEMV_NK_CPG", "-1"),
-                                         ("EETJIT_GEMV_NK_CPG", "9"), ("EETJIT_ATTENTION_MIN_CHUNK", "0")])
+                                         ("EETJIT_GEMV_NK_CPG", "9"), ("EETJIT_ATTENTION_MIN_CHUNK", "0"),
+                                         ("EETJIT_GEMV_MMA_TUNE", "4,x,4")])
 def test_gemv_tunes_out_of_range_name_the_variable(where, monkeypatch, name, value):
     """An A/B knob set to a tile the kernels cannot run is refused when the backend is made, naming the knob."""
     from eetjit.backends.cuda import CudaBackend

@@ -378,3 +378,64 @@ def test_producer_statistics_rows_far_from_zero_mean(where, offset):
     finally:
         backend.gemv_mma_stats_min_m = saved_stats
         _restore(backend, saved)
+
+
+@pytest.mark.parametrize("K0, E, N, max_width, handed", [
+    (32, 32, 16, 64, True),         # both GEMMs fit: the pair hands the statistics over (the first on deep steps)
+    (32, 32, 48, 24, False),        # both past the width: the producer Linear, the add-norm kernel, cuBLASLt
+    (16, 32, 48, 24, False),        # the first fits, the second does not
+    (48, 32, 16, 24, False),        # the second fits, the first does not
+])
+def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed):
+    """_pre_linear's two GEMMs under gemv_mma's width rule (gemv_mma_wide, set to the simulator's sizes): they hand
+    the row statistics over only where both run on gemv_mma; where either is too wide, the producer Linear, the
+    norm kernel and the second GEMM run as usual. Right both ways, twice (the op's scratch reused)."""
+    from eetjit.fused.op_linear import linear
+    backend, saved = _folded_backend("float16")
+    monkeypatch.setattr(backend, "gemv_mma_stats_min_m", 1)
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=8, steps=2, max_width=max_width))
+    backend.gemv_mma_norm_max_m = 0
+    backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=2)
+    backend._kernels.clear()
+    try:
+        M = 4
+        rng = np.random.default_rng(3)
+        x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E))
+        W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,))
+        gamma, beta = values(rng, (E,)), values(rng, (E,))
+        W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,))
+        inputs = [x0, r, gamma, beta, W, bias, W0, b0]
+        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "pre": 1},
+                              const={2, 3, 4, 5, 6, 7}, outputs=2)
+        op = backend.prepare(node, g)
+        z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
+        want = _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16")
+        for _ in range(2):
+            got = [backend.to_host(y) for y in op(inputs, None)]
+            assert_close(got, want, "float16", max(1.0, np.sqrt(max(E, K0)) / 4))
+        kernels = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+        assert any(k.get("pstats") for k in kernels) == handed
+        assert bool(_ran(backend) & NORM_KERNELS) == (not handed)
+        if handed:
+            assert {k["steps"] for k in kernels} == {2}
+    finally:
+        _restore(backend, saved)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_folded_norm_linear_too_wide(where, monkeypatch, split):
+    """A folded NormLinear (gamma and beta in the weight) past gemv_mma's width from the rule's rows: the norm
+    kernel (gamma = 1) and cuBLASLt on the folded weight; below the rule's rows gemv_mma takes the folded norm in
+    its prologue. Right both ways, split into q/k/v-style parts or not."""
+    backend, saved = _folded_backend("float16")
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=8, steps=2, max_width=24))
+    parts = [16, 16, 16] if split else None
+    try:
+        for M, wide in [(4, True), (2, False)]:
+            backend._kernels.clear()
+            _runs_right(backend, 5, "layer", True, True, True, M, 32, 48, parts, False, "gelu_tanh", "float16")
+            folded = {dict(memo[2]).get("fold") for memo in backend._kernels if memo[0] == "gemv_mma"}
+            assert folded == (set() if wide else {True})
+            assert bool(_ran(backend) & NORM_KERNELS) == wide
+    finally:
+        _restore(backend, saved)
