@@ -196,8 +196,9 @@ GEMV_TC_ENV = "EETJIT_GEMV_TC"
 GEMV_TC_TUNE_ENV = "EETJIT_GEMV_TC_TUNE"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
-# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile at those rows), up to GEMV_MMA_NORM_MAX_M rows;
-# other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
+# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile at those rows), up to
+# GEMV_MMA_NORM_MAX_M rows; other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel
+# first (A/B measurements).
 # H200, GPT-2 small decode: session 10's prologue gave B8 x 256 0.463 -> 0.452 ms/step but B32 x 512 0.698 -> 0.999
 # (549 float conversions per lane at 32 rows); unpacking each word once (session 11, 134 of them) made B8
 # 0.449 -> 0.384, while B32 still lost (replay 0.687 -> 0.742), so past one tile of 8 rows the norm kernel runs

@@ -275,8 +275,8 @@ def test_gemv_mma_by_width(where, monkeypatch):
     _path(backend, "auto")
 
 
-@pytest.mark.parametrize("name, value", [(None, None), ("EETJIT_GEMV_MMA_WIDE", "0"), ("EETJIT_GEMV_MMA_TUNE", "4,12,4"),
-                                         ("EETJIT_GEMV_MMA_TUNE", " ")])
+@pytest.mark.parametrize("name, value", [(None, None), ("EETJIT_GEMV_MMA_WIDE", "0"),
+                                         ("EETJIT_GEMV_MMA_TUNE", "4,12,4"), ("EETJIT_GEMV_MMA_TUNE", " ")])
 def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     """EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE, runs the tile at every width and row count
     (an A/B of that tile); an empty EETJIT_GEMV_MMA_TUNE is no tile given. The rule is the mode's (the GPU's put
