@@ -9,9 +9,10 @@ Why: a kernel per GEMV stops the weight stream at every boundary (the next kerne
 previous kernel's blocks leave the SMs; an L2 prefetch of the next weight thrashes, session 18). Here every thread
 streams its own future weight vectors into a ring of shared-memory slots with `cp.async` (S slots of 16 bytes a
 thread), independent of the data dependencies; the GEMVs wait only for x, at a grid barrier (a global counter:
-`red.release.gpu` to arrive, `ld.acquire.gpu` to poll) between phases. A warp computes a column (all 32 lanes over
-K); the columns of a phase go round robin over every warp of the grid, rotated by the columns of earlier phases so
-the warps that took an extra column once do not take it again. All blocks must be resident at once (grid = SMs x
+`red.release.gpu` to arrive, polled with `ld.relaxed.gpu` and one fence after, or `ld.acquire.gpu` with
+`--acquire`) between phases; x of a phase is staged in shared memory once a block. A warp computes a column (all 32
+lanes over K); the columns of a phase go round robin over every warp of the grid, rotated by the columns of earlier
+phases so the warps that took an extra column once do not take it again. All blocks must be resident at once (grid = SMs x
 blocks an SM, registers capped to fit), or the barrier would wait forever; a poll gives up after ~2^24 rounds and
 raises a flag instead.
 
@@ -112,29 +113,20 @@ def _intrinsics():
             return context.get_dummy_value()
         return sig, codegen
 
-    @intrinsic
-    def poll_relaxed(typingctx, arr, idx):
-        sig = types.uint32(arr, idx)
+    def poll_at(sem):
+        @intrinsic
+        def poll(typingctx, arr, idx):
+            """The word at element idx of arr, by ld.<sem>.gpu (acquire, or relaxed with a fence after)."""
+            sig = types.uint32(arr, idx)
 
-        def codegen(context, builder, sig, args):
-            p = addr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-            fty = ir.FunctionType(ir.IntType(32), [i64])
-            asm = ir.InlineAsm(fty, "{\n.reg .u64 g;\ncvta.to.global.u64 g, $1;\n"
-                                    "ld.relaxed.gpu.global.u32 $0, [g];\n}", "=r,l,~{memory}", side_effect=True)
-            return builder.call(asm, [p])
-        return sig, codegen
-
-    @intrinsic
-    def poll(typingctx, arr, idx):
-        sig = types.uint32(arr, idx)
-
-        def codegen(context, builder, sig, args):
-            p = addr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-            fty = ir.FunctionType(ir.IntType(32), [i64])
-            asm = ir.InlineAsm(fty, "{\n.reg .u64 g;\ncvta.to.global.u64 g, $1;\n"
-                                    "ld.acquire.gpu.global.u32 $0, [g];\n}", "=r,l,~{memory}", side_effect=True)
-            return builder.call(asm, [p])
-        return sig, codegen
+            def codegen(context, builder, sig, args):
+                p = addr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                fty = ir.FunctionType(ir.IntType(32), [i64])
+                asm = ir.InlineAsm(fty, "{\n.reg .u64 g;\ncvta.to.global.u64 g, $1;\n"
+                                        "ld.%s.gpu.global.u32 $0, [g];\n}" % sem, "=r,l,~{memory}", side_effect=True)
+                return builder.call(asm, [p])
+            return sig, codegen
+        return poll
 
     @intrinsic
     def unpack2(typingctx, word):
@@ -158,7 +150,7 @@ def _intrinsics():
             return builder.call(ir.InlineAsm(fty, "cvt.rn.f16.f32 $0, $1;", "=h,f"), [v])
         return sig, codegen
 
-    return dict(cp_async16=cp_async16, ld128=ld128, arrive=arrive, poll=poll, poll_relaxed=poll_relaxed, unpack2=unpack2,
+    return dict(cp_async16=cp_async16, ld128=ld128, arrive=arrive, poll_at=poll_at, unpack2=unpack2,
                 to_half_bits=to_half_bits, commit=bare("cp.async.commit_group;"),
                 wait_all=bare("cp.async.wait_all;"), bare=bare)
 
@@ -173,7 +165,7 @@ def make_kernel(threads: int, slots: int, max_registers: int, max_k: int, relaxe
     f = _intrinsics()
     cp_async16, arrive = f["cp_async16"], f["arrive"]
     ldx = f["ld128"](xcache)
-    poll = f["poll_relaxed"] if relaxed else f["poll"]
+    poll = f["poll_at"]("relaxed" if relaxed else "acquire")
     fence = f["bare"]("fence.acq_rel.gpu;" if relaxed else "")
     unpack2, to_half_bits, commit, wait_all = f["unpack2"], f["to_half_bits"], f["commit"], f["wait_all"]
     wait_oldest = f["bare"]("cp.async.wait_group %d;" % (slots - 1))

@@ -348,6 +348,21 @@ def _folded_from_sum(backend, node, kind, s, act, dtype):
     return activation(y.astype(np.float32), act)
 
 
+def _layer_norm_with_producer(rng, M, K0, E, N, offset=0.0):
+    """A LayerNorm NormLinear with its summand's Linear (pre = 1; every operand a constant but x0 and r, r offset by
+    `offset`) and its float16 result through the unfused rounded chain: (inputs, graph, node, want)."""
+    from eetjit.fused.op_linear import linear
+    x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E)) + offset
+    W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,))
+    gamma, beta = values(rng, (E,)), values(rng, (E,))
+    W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,))
+    inputs = [x0, r, gamma, beta, W, bias, W0, b0]
+    g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "pre": 1},
+                          const={2, 3, 4, 5, 6, 7}, outputs=2)
+    z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
+    return inputs, g, node, _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16")
+
+
 @pytest.mark.parametrize("offset", [0.0, 30.0])
 def test_producer_statistics_rows_far_from_zero_mean(where, offset):
     """The handed-over statistics are sums and sums of squares (var = E[x^2] - mean^2, float32): rows offset by 30
@@ -359,21 +374,11 @@ def test_producer_statistics_rows_far_from_zero_mean(where, offset):
     backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=4)
     backend._kernels.clear()
     try:
-        rng = np.random.default_rng(12)
         M, K0, E, N = 9, pick(32, 768), pick(32, 768), pick(16, 96)
-        x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E)) + offset
-        W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,))
-        gamma, beta = values(rng, (E,)), values(rng, (E,))
-        W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,))
-        inputs = [x0, r, gamma, beta, W, bias, W0, b0]
-        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "pre": 1},
-                              const={2, 3, 4, 5, 6, 7}, outputs=2)
+        inputs, g, node, want = _layer_norm_with_producer(np.random.default_rng(12), M, K0, E, N, offset)
         got = [backend.to_host(y) for y in backend.prepare(node, g)(inputs, None)]
         assert any(dict(memo[2]).get("pstats") for memo in backend._kernels if memo[0] == "gemv_mma")
-        from eetjit.fused.op_linear import linear
-        z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
-        assert_close(got, _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16"), "float16",
-                     max(1.0, np.sqrt(E) / 4))
+        assert_close(got, want, "float16", max(1.0, np.sqrt(E) / 4))
         assert_close(got[:1], [_folded_from_sum(backend, node, "layer", got[1], "none", "float16")], "float16")
     finally:
         backend.gemv_mma_stats_min_m = saved_stats
@@ -390,7 +395,6 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
     """_pre_linear's two GEMMs under gemv_mma's width rule (gemv_mma_wide, set to the simulator's sizes): they hand
     the row statistics over only where both run on gemv_mma; where either is too wide, the producer Linear, the
     norm kernel and the second GEMM run as usual. Right both ways, twice (the op's scratch reused)."""
-    from eetjit.fused.op_linear import linear
     backend, saved = _folded_backend("float16")
     monkeypatch.setattr(backend, "gemv_mma_stats_min_m", 1)
     monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=8, steps=2, max_width=max_width))
@@ -398,18 +402,8 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
     backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=2)
     backend._kernels.clear()
     try:
-        M = 4
-        rng = np.random.default_rng(3)
-        x0, r = values(rng, (1, M, K0)), values(rng, (1, M, E))
-        W0, b0 = values(rng, (K0, E)) / np.sqrt(K0), values(rng, (E,))
-        gamma, beta = values(rng, (E,)), values(rng, (E,))
-        W, bias = values(rng, (E, N)) / np.sqrt(E), values(rng, (N,))
-        inputs = [x0, r, gamma, beta, W, bias, W0, b0]
-        g, node = single_node("NormLinear", inputs, {"norm": "layer", "add": 1, "epsilon": 1e-5, "pre": 1},
-                              const={2, 3, 4, 5, 6, 7}, outputs=2)
+        inputs, g, node, want = _layer_norm_with_producer(np.random.default_rng(3), 4, K0, E, N)
         op = backend.prepare(node, g)
-        z = linear(rounded(x0, "float16"), rounded(W0, "float16"), b0)
-        want = _want(z, r, gamma, beta, W, bias, "layer", "none", None, "float16")
         for _ in range(2):
             got = [backend.to_host(y) for y in op(inputs, None)]
             assert_close(got, want, "float16", max(1.0, np.sqrt(max(E, K0)) / 4))
