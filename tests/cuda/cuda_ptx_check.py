@@ -130,8 +130,10 @@ def _plain_cases():
             yield dt, "gemv_tc", dict(ct=2, warps=8, unroll=2, m_rows=32, k=768, n=2304, activation="relu",
                                       has_bias=True), [a2, f"{S}[:, ::1]", "float32[::1]", a2]
         if dt != "float32":     # the tensor-core GEMV of a batch's decode step: 2-, 4- and 8-column weight loads
+            # (the fourth: 8 k-steps a warp, the tile GEMV_MMA_WIDE gives GPT-2 medium's up projection at 32 rows)
             for M, K, N, vw, warps, steps, ksplit, slots, act in ((32, 768, 2304, 8, 4, 2, 6, 4, "none"),
                                                                   (8, 3072, 768, 4, 8, 4, 6, 8, "gelu_tanh"),
+                                                                  (32, 1024, 4096, 4, 8, 8, 1, 8, "gelu_tanh"),
                                                                   (32, 768, 768, 2, 12, 4, 1, 12, "none"),
                                                                   (2, 64, 96, 2, 2, 2, 1, 1, "silu")):
                 yield dt, "gemv_mma", dict(mtiles=-(-M // 8), k=K, n=N, vw=vw, warps=warps, steps=steps, ksplit=ksplit,
