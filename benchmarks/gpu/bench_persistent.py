@@ -184,6 +184,24 @@ def make_kernel(threads: int, slots: int, max_registers: int, max_k: int, relaxe
             p += 1
         return p, 0, 0, 0, 0, 0
 
+    @cuda.jit(device=True, inline=True)
+    def issue(W, ph, ring, at, lane, warp, nwarp, ip, ic, ij, i_n, i_nv, i_vpl, i_w):
+        """The cursor's vector (if any) into the ring's words at..at+3, one commit group (empty past the end or for
+        a lane past K), and the cursor advanced: (phase, column, vector round, and the phase's N, nv, vpl, weight
+        offset)."""
+        if ip < ph.shape[0]:
+            v = lane + ij * 32
+            if v < i_nv:
+                cp_async16(ring, at, W, i_w + (ic * i_nv + v) * 4)
+            ij += 1
+            if ij == i_vpl:
+                ij = 0
+                ic += nwarp
+                if ic >= i_n:
+                    ip, ic, i_n, i_nv, i_vpl, i_w = first_phase(ph, ip + 1, warp, nwarp)
+        commit()
+        return ip, ic, ij, i_n, i_nv, i_vpl, i_w
+
     @cuda.jit(max_registers=max_registers)
     def chain(W, ph, act, ctr, err):
         tid = cuda.threadIdx.x
@@ -199,18 +217,9 @@ def make_kernel(threads: int, slots: int, max_registers: int, max_k: int, relaxe
         ij = 0
         cons = 0
         for it in range(S):
-            # the first S vectors of the thread's stream, one slot and one commit group each (empty past the end)
-            if ip < nph:
-                v = lane + ij * 32
-                if v < i_nv:
-                    cp_async16(ring, (it * T + tid) * 4, W, i_w + (ic * i_nv + v) * 4)
-                ij += 1
-                if ij == i_vpl:
-                    ij = 0
-                    ic += nwarp
-                    if ic >= i_n:
-                        ip, ic, i_n, i_nv, i_vpl, i_w = first_phase(ph, ip + 1, warp, nwarp)
-            commit()
+            # the first S vectors of the thread's stream, one slot each
+            ip, ic, ij, i_n, i_nv, i_vpl, i_w = issue(W, ph, ring, (it * T + tid) * 4, lane, warp, nwarp,
+                                                      ip, ic, ij, i_n, i_nv, i_vpl, i_w)
         for p in range(nph):
             if p > 0:
                 cuda.syncthreads()
@@ -263,17 +272,8 @@ def make_kernel(threads: int, slots: int, max_registers: int, max_k: int, relaxe
                         b0, b1 = unpack2(xs[v * 4 + 3])
                         acc += a0 * b0 + a1 * b1
                     # refill the slot just read with the cursor's vector
-                    if ip < nph:
-                        u = lane + ij * 32
-                        if u < i_nv:
-                            cp_async16(ring, base, W, i_w + (ic * i_nv + u) * 4)
-                        ij += 1
-                        if ij == i_vpl:
-                            ij = 0
-                            ic += nwarp
-                            if ic >= i_n:
-                                ip, ic, i_n, i_nv, i_vpl, i_w = first_phase(ph, ip + 1, warp, nwarp)
-                    commit()
+                    ip, ic, ij, i_n, i_nv, i_vpl, i_w = issue(W, ph, ring, base, lane, warp, nwarp,
+                                                              ip, ic, ij, i_n, i_nv, i_vpl, i_w)
                     cons += 1
                 for off in (16, 8, 4, 2, 1):
                     acc += cuda.shfl_down_sync(0xFFFFFFFF, acc, off)
