@@ -874,9 +874,9 @@ class CudaBackend:
     def _mma_fits(self, x_MK, N, W_KN) -> bool:
         """Whether gemv_mma.py.j2 runs y[M, N] = x @ W: a card with mma.sync (sm_80+), a half dtype, M up to
         gemv_mma_max_m and one shared slot of its rows fitting GEMV_MMA_SMEM, N up to gemv_max_n, not too wide
-        for its rows (GEMV_MMA_WIDE), K a positive
-        multiple of 16 and of a lane's k segment (4 steps), x contiguous and 16-byte aligned (a lane reads its
-        segment of a row in 16-byte loads), W's stored rows whole aligned loads of vw."""
+        for its rows (GEMV_MMA_WIDE), K a positive multiple of 16 and of a lane's k segment (4 steps of the tile's
+        _mma_tile), x contiguous and 16-byte aligned (a lane reads its segment of a row in 16-byte loads), W's
+        stored rows whole aligned loads of vw."""
         M, K = x_MK.shape
         vw, steps = self.gemv_mma_tune["vw"], self._mma_tile(M, K, N)["steps"]
         return (0 < M <= self.gemv_mma_max_m and N <= self.gemv_max_n and self.dtype != np.float32
