@@ -251,14 +251,21 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 #         ms/step with steps = 8 (cuBLASLt for all: 1.654). At GPT-2 small's 768, steps = 8 lost (0.593 -> 0.658).
 #   1600: cuBLASLt 32.7, this tile 72.3, the best of 8 tiles 53.2: GPT-2 XL-size B32 x 512 6.11 -> 3.77 ms/step
 #         with cuBLASLt (session 14 found the same order at 8 rows: 31.5 against 34.9).
-# So from GEMV_MMA_WIDE's rows (17: where it was measured; 2-16 rows keep the tile, nothing measured there, and at
-# 2-8 rows gemv_mma takes the norm prologue that cuBLASLt cannot) gemv_mma runs `steps` k-steps a warp from width
-# `deep_from` (where K is whole segments of them; else the tile), and does not run past `max_width`: cuBLASLt does,
-# and where _pre_linear's two GEMMs would have handed the row statistics over, the producer Linear, the add-norm
-# kernel and cuBLASLt run instead. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
+#   Below 32 rows (session 21, decode B x 512, ms/step replay). GPT-2 medium, 8 k-steps from 17 rows / from 2
+#   rows: B16 1.062 / 0.948, B8 0.827 / 0.724, B4 0.764 / 0.681, B2 0.717 / 0.630 (bench_gemv, session 20, a
+#   layer's GEMMs at 1024 wide, 16 rows: tile 21.2, 8 steps 18.1; 8 rows 17.1 / 15.6). GPT-2 small (768 wide),
+#   8 steps: B8 x 256 0.294 -> 0.327, B16 0.440 -> 0.462. GPT-2 XL-size (1600 wide), cuBLASLt from 17 / 9 / 2
+#   rows: B16 3.457 / 3.211, B8 - / 2.570 / 2.786, B4 - / 2.198 / 2.612 (at 2-8 rows gemv_mma takes the norm
+#   prologue, which cuBLASLt cannot; a layer's GEMMs alone at 8 rows: cuBLASLt 32.0 us, the tile 33.1).
+# So gemv_mma runs `steps` k-steps a warp from `deep_min_m` rows at widths `deep_from`-`max_width` (where K is
+# whole segments of them; else the tile; the norm prologue still fits, one block's k range covering 1024 wide;
+# at 1600 wide 8 steps lost, 8 / 16 rows: 33.1 / 39.1 us -> 36.8 / 42.4), and from `cap_min_m` rows it does not
+# run past `max_width`: cuBLASLt does, and where _pre_linear's two GEMMs would have handed the row statistics over,
+# the producer Linear, the add-norm kernel and cuBLASLt run instead. Below cap_min_m rows gemv_mma runs with the
+# tile at any width. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
 # EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B);
 # assigning gemv_mma_tune alone (tests, bench_gemv.py) leaves the rule on.
-GEMV_MMA_WIDE = {"gpu": dict(min_m=17, deep_from=769, steps=8, max_width=1024), "sim": None}
+GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024), "sim": None}
 GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
 # sums (2 x rows x warps float32, taken off before the slots are counted) must fit
@@ -888,16 +895,19 @@ class CudaBackend:
 
     def _mma_tile(self, M, K, N) -> dict:
         """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_WIDE's steps
-        from its rows and width min(K, N) on, where K is whole k segments of them (4 steps of 16 a lane)."""
+        from its deep_min_m rows at its widths min(K, N), where K is whole k segments of them (4 steps of 16 a
+        lane)."""
         wide = self.gemv_mma_wide
-        if wide and M >= wide["min_m"] and min(K, N) >= wide["deep_from"] and K % (4 * wide["steps"]) == 0:
+        if (wide and M >= wide["deep_min_m"] and wide["deep_from"] <= min(K, N) <= wide["max_width"]
+                and K % (4 * wide["steps"]) == 0):
             return dict(self.gemv_mma_tune, steps=wide["steps"])
         return self.gemv_mma_tune
 
     def _mma_too_wide(self, M, K, N) -> bool:
-        """Whether cuBLASLt runs y[M, N] = x[M, K] @ W instead of gemv_mma: GEMV_MMA_WIDE's rows, past its width."""
+        """Whether cuBLASLt runs y[M, N] = x[M, K] @ W instead of gemv_mma: GEMV_MMA_WIDE's cap_min_m rows, past
+        its width."""
         wide = self.gemv_mma_wide
-        return bool(wide and M >= wide["min_m"] and min(K, N) > wide["max_width"])
+        return bool(wide and M >= wide["cap_min_m"] and min(K, N) > wide["max_width"])
 
     def _mma_ksplit(self, M, K, N) -> tuple[int, int]:
         """gemv_mma's (k ranges over blocks, warps per block) for K: warps x steps x 16 k a block at most (the

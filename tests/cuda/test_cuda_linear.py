@@ -256,18 +256,20 @@ def test_upload_cast_converts_and_pads_on_the_device(where, monkeypatch, dtype, 
 
 
 def test_gemv_mma_by_width(where, monkeypatch):
-    """gemv_mma by the GEMM's rows and width min(K, N) (gemv_mma_wide): from its rows on, past its width cuBLASLt
-    runs the GEMM (the simulator's stand-in here) and from its deep_from width gemv_mma runs that many k-steps a
-    warp where K is whole segments of them (4 steps a lane: K a multiple of 32 for 8 steps); fewer rows, narrower
-    GEMMs or a K of part segments keep the tile. Every result right. The GPU's rule (from 17 rows: 8 steps from
-    width 769, cuBLASLt past 1024) is not the simulator's: set here to the simulator's sizes."""
+    """gemv_mma by the GEMM's rows and width min(K, N) (gemv_mma_wide): from its deep_min_m rows at widths
+    deep_from-max_width gemv_mma runs `steps` k-steps a warp where K is whole segments of them (4 steps a lane: K a
+    multiple of 32 for 8 steps); from its cap_min_m rows past max_width cuBLASLt runs the GEMM (the simulator's
+    stand-in here), below them gemv_mma with the tile; fewer rows, narrower GEMMs or a K of part segments keep the
+    tile. Every result right. The GPU's rule (8 steps from 2 rows at widths 769-1024, cuBLASLt from 9 rows past
+    1024) is not the simulator's: set here to the simulator's sizes."""
     backend = _path(get_backend("float16"), "gemv-mma")
-    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=24, steps=8, max_width=32))
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=24, steps=8, cap_min_m=4,
+                                                       max_width=32))
     steps = backend.gemv_mma_tune["steps"]
     assert steps != 8
     rng = np.random.default_rng(5)
     for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 8), ((32, 48, 4), 8),
-                            ((48, 32, 3), steps), ((64, 40, 3), None), ((48, 40, 2), steps)]:
+                            ((48, 32, 3), steps), ((64, 40, 4), None), ((64, 40, 3), steps), ((48, 40, 2), steps)]:
         backend._kernels.clear()
         _runs_right(backend, "float16", rng, K, N, "none", [M])
         ran = [dict(memo[2])["steps"] for memo in backend._kernels if memo[0] == "gemv_mma"]
@@ -283,7 +285,7 @@ def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     in for the simulator's, which has none)."""
     import eetjit.backends.cuda as cuda_backend
     rule = cuda_backend.GEMV_MMA_WIDE["gpu"]
-    assert rule == dict(min_m=17, deep_from=769, steps=8, max_width=1024)
+    assert rule == dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024)
     monkeypatch.setitem(cuda_backend.GEMV_MMA_WIDE, "sim", rule)
     if name:
         monkeypatch.setenv(name, value)
@@ -291,8 +293,9 @@ def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     on = name is None or not value.strip()
     assert be.gemv_mma_wide == (rule if on else None)
     assert be._mma_tile(32, 1024, 3072)["steps"] == (8 if on else be.gemv_mma_tune["steps"])
-    assert be._mma_tile(16, 1024, 3072)["steps"] == be.gemv_mma_tune["steps"]
-    assert be._mma_too_wide(32, 1600, 4800) == on and not be._mma_too_wide(16, 1600, 4800)
+    assert be._mma_tile(2, 1024, 3072)["steps"] == (8 if on else be.gemv_mma_tune["steps"])
+    assert be._mma_tile(8, 768, 2304)["steps"] == be._mma_tile(8, 1600, 4800)["steps"] == be.gemv_mma_tune["steps"]
+    assert be._mma_too_wide(9, 1600, 4800) == on and not be._mma_too_wide(8, 1600, 4800)
 
 
 @pytest.mark.parametrize("name, value", [("EETJIT_GEMV_TC_TUNE", "0,8,4"), ("EETJIT_GEMV_TC_TUNE", "2,33,4"),

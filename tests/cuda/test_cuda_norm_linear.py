@@ -397,7 +397,8 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
     norm kernel and the second GEMM run as usual. Right both ways, twice (the op's scratch reused)."""
     backend, saved = _folded_backend("float16")
     monkeypatch.setattr(backend, "gemv_mma_stats_min_m", 1)
-    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=8, steps=2, max_width=max_width))
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=8, steps=2, cap_min_m=3,
+                                                       max_width=max_width))
     backend.gemv_mma_norm_max_m = 0
     backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=2)
     backend._kernels.clear()
@@ -422,7 +423,8 @@ def test_folded_norm_linear_too_wide(where, monkeypatch, split):
     kernel (gamma = 1) and cuBLASLt on the folded weight; below the rule's rows gemv_mma takes the folded norm in
     its prologue. Right both ways, split into q/k/v-style parts or not."""
     backend, saved = _folded_backend("float16")
-    monkeypatch.setattr(backend, "gemv_mma_wide", dict(min_m=3, deep_from=8, steps=2, max_width=24))
+    monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=8, steps=2, cap_min_m=3,
+                                                       max_width=24))
     parts = [16, 16, 16] if split else None
     try:
         for M, wide in [(4, True), (2, False)]:
