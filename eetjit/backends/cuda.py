@@ -261,11 +261,17 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 # whole segments of them; else the tile; the norm prologue still fits, one block's k range covering 1024 wide;
 # at 1600 wide 8 steps lost, 8 / 16 rows: 33.1 / 39.1 us -> 36.8 / 42.4), and from `cap_min_m` rows it does not
 # run past `max_width`: cuBLASLt does, and where _pre_linear's two GEMMs would have handed the row statistics over,
-# the producer Linear, the add-norm kernel and cuBLASLt run instead. Below cap_min_m rows gemv_mma runs with the
-# tile at any width. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
+# the producer Linear, the add-norm kernel and cuBLASLt run instead. Below cap_min_m rows gemv_mma runs past
+# max_width too: with `steps` k-steps and `past_warps` warps where those hold all of K in one block (K up to 2048:
+# at 1600 wide the tile splits K over 3 blocks, and one block is what the norm prologue needs), else with the tile.
+# Session 21, a layer's GEMMs at 1600 wide, 8 rows, us (qkv, out, up, down): tile 8.91 / 4.08 / 10.17 / 9.93,
+# 8 steps and 16 warps (13 run) 8.13 / 3.24 / 9.51 / 11.28; 16 rows 39.1 -> 37.3 against cuBLASLt's 32.7. Those
+# warps fit the launch at one 8-row tile (ptxas: 102-110 registers a thread), not at four (32 rows: out of
+# resources), so cap_min_m stays at most 9. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
 # EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B);
 # assigning gemv_mma_tune alone (tests, bench_gemv.py) leaves the rule on.
-GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024), "sim": None}
+GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=16),
+                 "sim": None}
 GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
 # sums (2 x rows x warps float32, taken off before the slots are counted) must fit
@@ -895,12 +901,16 @@ class CudaBackend:
 
     def _mma_tile(self, M, K, N) -> dict:
         """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_WIDE's steps
-        from its deep_min_m rows at its widths min(K, N), where K is whole k segments of them (4 steps of 16 a
-        lane)."""
+        from its deep_min_m rows at widths min(K, N) from deep_from, where K is whole k segments of them (4 steps of
+        16 a lane): up to max_width with the tile's warps; past it, below cap_min_m rows, with past_warps where
+        those hold all of K in one block."""
         wide = self.gemv_mma_wide
-        if (wide and M >= wide["deep_min_m"] and wide["deep_from"] <= min(K, N) <= wide["max_width"]
-                and K % (4 * wide["steps"]) == 0):
+        if not (wide and M >= wide["deep_min_m"] and min(K, N) >= wide["deep_from"] and K % (4 * wide["steps"]) == 0):
+            return self.gemv_mma_tune
+        if min(K, N) <= wide["max_width"]:
             return dict(self.gemv_mma_tune, steps=wide["steps"])
+        if M < wide["cap_min_m"] and K <= 16 * wide["steps"] * wide["past_warps"]:
+            return dict(self.gemv_mma_tune, steps=wide["steps"], warps=wide["past_warps"])
         return self.gemv_mma_tune
 
     def _mma_too_wide(self, M, K, N) -> bool:

@@ -146,6 +146,12 @@ def _plain_cases():
                                            has_beta=True, epsilon=1e-5, pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
                      "float32[::1]", a2]
+            # ... past 1024 wide below 9 rows (GEMV_MMA_WIDE: 8 k-steps, 13 warps hold K = 1600 in one block)
+            yield dt, "gemv_mma", dict(mtiles=1, k=1600, n=4800, vw=4, warps=13, steps=8, ksplit=1, slots=13,
+                                       activation="none", has_bias=True, norm="layer", add=True, has_beta=True,
+                                       epsilon=1e-5, pdl=True), \
+                [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
+                 "float32[::1]", a2]
             # ... gamma folded into the weight (any row count: 4 row tiles), LayerNorm and RMSNorm
             for kind, pdl in (("layer", True), ("rms", False)):
                 yield dt, "gemv_mma", dict(mtiles=4, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=9,

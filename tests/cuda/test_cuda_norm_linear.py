@@ -398,7 +398,7 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
     backend, saved = _folded_backend("float16")
     monkeypatch.setattr(backend, "gemv_mma_stats_min_m", 1)
     monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=8, steps=2, cap_min_m=3,
-                                                       max_width=max_width))
+                                                       max_width=max_width, past_warps=16))
     backend.gemv_mma_norm_max_m = 0
     backend.gemv_mma_tune = dict(backend.gemv_mma_tune, vw=2)
     backend._kernels.clear()
@@ -417,6 +417,22 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
         _restore(backend, saved)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [2, 8])
+def test_norm_prologue_past_the_width_on_the_gpu(where, M):
+    """At GPT-2 XL-size's 1600 wide, below 9 rows, the GPU's width rule runs gemv_mma with 8 k-steps and the warps
+    that hold all of K in one block, so it takes the norm in its prologue (the tile would split K over 3 blocks
+    and leave the norm to a kernel of its own). Right against the unfused chain."""
+    backend = get_backend("float16")
+    if backend.gemv_mma_wide is None:
+        pytest.skip("no width rule here (the simulator's is set by test_folded_norm_linear_too_wide)")
+    backend._kernels.clear()
+    _runs_right(backend, 7, "layer", True, True, True, M, 1600, 4800, [1600] * 3, False, "none", "float16")
+    ran = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+    assert [(k["steps"], k["ksplit"], k.get("norm")) for k in ran] == [(8, 1, "layer")]
+    assert not _ran(backend) & NORM_KERNELS
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_folded_norm_linear_too_wide(where, monkeypatch, split):
     """A folded NormLinear (gamma and beta in the weight) past gemv_mma's width from the rule's rows: the norm
@@ -424,7 +440,7 @@ def test_folded_norm_linear_too_wide(where, monkeypatch, split):
     its prologue. Right both ways, split into q/k/v-style parts or not."""
     backend, saved = _folded_backend("float16")
     monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=8, steps=2, cap_min_m=3,
-                                                       max_width=24))
+                                                       max_width=24, past_warps=16))
     parts = [16, 16, 16] if split else None
     try:
         for M, wide in [(4, True), (2, False)]:
