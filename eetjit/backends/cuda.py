@@ -196,9 +196,9 @@ GEMV_TC_ENV = "EETJIT_GEMV_TC"
 GEMV_TC_TUNE_ENV = "EETJIT_GEMV_TC_TUNE"
 # eet.NormLinear (eetjit.plan.norm_linear): gemv_nk computes the norm of its one row in a prologue, every lane group
 # holding the row in registers (vectors per lane = K / 8 / lanes), up to this K; gemv_mma computes it for its rows
-# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile at those rows), up to
-# GEMV_MMA_NORM_MAX_M rows; other rows run the norm kernel first. EETJIT_GEMV_NORM=0 always runs the norm kernel
-# first (A/B measurements).
+# where one block holds all of K (K <= warps x steps x 16: 768 with the GPU tile, 1536 at widths 769-1024 and
+# 1664 past them with GEMV_MMA_WIDE's), up to GEMV_MMA_NORM_MAX_M rows; other rows run the norm kernel first.
+# EETJIT_GEMV_NORM=0 always runs the norm kernel first (A/B measurements).
 # H200, GPT-2 small decode: session 10's prologue gave B8 x 256 0.463 -> 0.452 ms/step but B32 x 512 0.698 -> 0.999
 # (549 float conversions per lane at 32 rows); unpacking each word once (session 11, 134 of them) made B8
 # 0.449 -> 0.384, while B32 still lost (replay 0.687 -> 0.742), so past one tile of 8 rows the norm kernel runs
@@ -252,25 +252,27 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 #   1600: cuBLASLt 32.7, this tile 72.3, the best of 8 tiles 53.2: GPT-2 XL-size B32 x 512 6.11 -> 3.77 ms/step
 #         with cuBLASLt (session 14 found the same order at 8 rows: 31.5 against 34.9).
 #   Below 32 rows (session 21, decode B x 512, ms/step replay). GPT-2 medium, 8 k-steps from 17 rows / from 2
-#   rows: B16 1.062 / 0.948, B8 0.827 / 0.724, B4 0.764 / 0.681, B2 0.717 / 0.630 (bench_gemv, session 20, a
+#   rows: B16 1.062 / 0.947, B8 0.827 / 0.724, B4 0.764 / 0.681, B2 0.717 / 0.630 (bench_gemv, session 20, a
 #   layer's GEMMs at 1024 wide, 16 rows: tile 21.2, 8 steps 18.1; 8 rows 17.1 / 15.6). GPT-2 small (768 wide),
 #   8 steps: B8 x 256 0.294 -> 0.327, B16 0.440 -> 0.462. GPT-2 XL-size (1600 wide), cuBLASLt from 17 / 9 / 2
 #   rows: B16 3.457 / 3.211, B8 - / 2.570 / 2.786, B4 - / 2.198 / 2.612 (at 2-8 rows gemv_mma takes the norm
 #   prologue, which cuBLASLt cannot; a layer's GEMMs alone at 8 rows: cuBLASLt 32.0 us, the tile 33.1).
-# So gemv_mma runs `steps` k-steps a warp from `deep_min_m` rows at widths `deep_from`-`max_width` (where K is
-# whole segments of them; else the tile; the norm prologue still fits, one block's k range covering 1024 wide;
-# at 1600 wide 8 steps lost, 8 / 16 rows: 33.1 / 39.1 us -> 36.8 / 42.4), and from `cap_min_m` rows it does not
-# run past `max_width`: cuBLASLt does, and where _pre_linear's two GEMMs would have handed the row statistics over,
-# the producer Linear, the add-norm kernel and cuBLASLt run instead. Below cap_min_m rows gemv_mma runs past
-# max_width too: with `steps` k-steps and `past_warps` warps where those hold all of K in one block (K up to 2048:
-# at 1600 wide the tile splits K over 3 blocks, and one block is what the norm prologue needs), else with the tile.
-# Session 21, a layer's GEMMs at 1600 wide, 8 rows, us (qkv, out, up, down): tile 8.91 / 4.08 / 10.17 / 9.93,
-# 8 steps and 16 warps (13 run) 8.13 / 3.24 / 9.51 / 11.28; 16 rows 39.1 -> 37.3 against cuBLASLt's 32.7. Those
-# warps fit the launch at one 8-row tile (ptxas: 102-110 registers a thread), not at four (32 rows: out of
-# resources), so cap_min_m stays at most 9. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
+# So gemv_mma runs `steps` k-steps a warp from `deep_min_m` rows at widths `deep_from`-`max_width` (where K is whole
+# segments of them; else the tile; the norm prologue still fits, one block's k range covering 1024 wide; at 1600 wide 8
+# steps with the tile's warps lost, session 20, 8 / 16 rows: 33.2 / 39.1 us -> 36.8 / 42.4), and from `cap_min_m` rows
+# it does not run past `max_width`: cuBLASLt does, and where _pre_linear's two GEMMs would have handed the row
+# statistics over, the producer Linear, the add-norm kernel and cuBLASLt run instead. Below cap_min_m rows, in one 8-row
+# tile, gemv_mma runs past max_width too: with `steps` k-steps and up to `past_warps` warps where those hold all of K in
+# one block (K up to 1664: at 1600 wide the tile splits K over 3 blocks, and one block is what the norm prologue needs),
+# else with the tile. Session 21, a layer's GEMMs at 1600 wide, 8 rows, us (qkv, out, up, down): tile 8.91 / 4.08 /
+# 10.17 / 9.93, 8 steps and 13 warps 8.13 / 3.24 / 9.51 / 11.28; 16 rows 39.1 -> 37.3 against cuBLASLt's 32.7. The warps
+# are what the launch fits: at one 8-row tile ptxas gives 56-152 registers a thread by variant (the unfolded RMSNorm
+# prologue the most: 14 warps of it would not launch), at two tiles more, and at four 8 steps with 13 warps failed to
+# launch (out of resources). tests/cuda/cuda_ptx_check.py checks the budget. Unmeasured between 1024 and 1600: the cap
+# is the side measured to hold.
 # EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B);
 # assigning gemv_mma_tune alone (tests, bench_gemv.py) leaves the rule on.
-GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=16),
+GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=13),
                  "sim": None}
 GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
@@ -902,14 +904,14 @@ class CudaBackend:
     def _mma_tile(self, M, K, N) -> dict:
         """gemv_mma's tile (vw, warps, steps) for y[M, N] = x[M, K] @ W: gemv_mma_tune, with GEMV_MMA_WIDE's steps
         from its deep_min_m rows at widths min(K, N) from deep_from, where K is whole k segments of them (4 steps of
-        16 a lane): up to max_width with the tile's warps; past it, below cap_min_m rows, with past_warps where
-        those hold all of K in one block."""
+        16 a lane): up to max_width with the tile's warps; past it, below cap_min_m rows in one 8-row tile, with
+        past_warps where those hold all of K in one block (the launch fits no more registers)."""
         wide = self.gemv_mma_wide
         if not (wide and M >= wide["deep_min_m"] and min(K, N) >= wide["deep_from"] and K % (4 * wide["steps"]) == 0):
             return self.gemv_mma_tune
         if min(K, N) <= wide["max_width"]:
             return dict(self.gemv_mma_tune, steps=wide["steps"])
-        if M < wide["cap_min_m"] and K <= 16 * wide["steps"] * wide["past_warps"]:
+        if M <= 8 and M < wide["cap_min_m"] and K <= 16 * wide["steps"] * wide["past_warps"]:
             return dict(self.gemv_mma_tune, steps=wide["steps"], warps=wide["past_warps"])
         return self.gemv_mma_tune
 

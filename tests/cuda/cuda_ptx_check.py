@@ -146,12 +146,14 @@ def _plain_cases():
                                            has_beta=True, epsilon=1e-5, pdl=pdl), \
                     [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
                      "float32[::1]", a2]
-            # ... past 1024 wide below 9 rows (GEMV_MMA_WIDE: 8 k-steps, 13 warps hold K = 1600 in one block)
-            yield dt, "gemv_mma", dict(mtiles=1, k=1600, n=4800, vw=4, warps=13, steps=8, ksplit=1, slots=13,
-                                       activation="none", has_bias=True, norm="layer", add=True, has_beta=True,
-                                       epsilon=1e-5, pdl=True), \
-                [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
-                 "float32[::1]", a2]
+            # ... past 1024 wide below 9 rows (GEMV_MMA_WIDE: 8 k-steps, 13 warps hold K = 1600 in one block;
+            # the launch must fit their registers: the unfolded prologues use the most)
+            for kind in ("layer", "rms"):
+                yield dt, "gemv_mma", dict(mtiles=1, k=1600, n=4800, vw=4, warps=13, steps=8, ksplit=1, slots=13,
+                                           activation="none", has_bias=True, norm=kind, add=True,
+                                           has_beta=kind == "layer", epsilon=1e-5, pdl=True), \
+                    [a2, f"{S}[:, ::1]", "float32[::1]", a2, "float32[:, :, ::1]", "int32[::1]", a2, "float32[::1]",
+                     "float32[::1]", a2]
             # ... gamma folded into the weight (any row count: 4 row tiles), LayerNorm and RMSNorm
             for kind, pdl in (("layer", True), ("rms", False)):
                 yield dt, "gemv_mma", dict(mtiles=4, k=768, n=2304, vw=4, warps=12, steps=4, ksplit=1, slots=9,
@@ -245,13 +247,25 @@ def _plain_cases():
     yield "float32", "pad_info", dict(threads=64), ["int64[:, ::1]", "int64[:, ::1]"]
 
 
-def _assemble(ptxas: str, ptx: str, path: Path) -> None:
-    """ptxas on the PTX (its .version lowered to one every ptxas of CUDA 12.x reads); raises with its errors."""
+REGISTERS_PER_SM = 65536       # sm_80-sm_90: a block's registers must fit one SM's file to launch at all
+
+
+def _assemble(ptxas: str, ptx: str, path: Path, threads: int | None = None) -> None:
+    """ptxas on the PTX (its .version lowered to one every ptxas of CUDA 12.x reads); raises with its errors, and
+    where the block's threads are known (gemv_mma: 32 x warps), when their registers (allocated 256 a warp) would
+    not fit one SM: the launch would fail with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES."""
     path.write_text(re.sub(r"\.version \d+\.\d+", ".version 8.0", ptx, count=1))
-    out = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", str(path), "-o", os.devnull], capture_output=True,
+    out = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", "-v", str(path), "-o", os.devnull], capture_output=True,
                          text=True)
     if out.returncode:
         raise RuntimeError(f"ptxas: {(out.stderr or out.stdout)[-1500:]}")
+    used = re.findall(r"Used (\d+) registers", out.stderr + out.stdout)
+    if threads and used:
+        regs = int(used[-1])
+        need = -(-regs * 32 // 256) * 256 * -(-threads // 32)
+        if need > REGISTERS_PER_SM:
+            raise RuntimeError(f"{regs} registers a thread x {threads} threads need {need} registers, over an SM's "
+                               f"{REGISTERS_PER_SM}: the launch would fail")
 
 
 def main(argv=None) -> int:
@@ -291,7 +305,8 @@ def main(argv=None) -> int:
                 spec.loader.exec_module(mod)
                 ptx, _ = cuda.compile_ptx(mod.kernel.py_func, f"void({', '.join(args)})", cc=CC)
                 if ptxas:
-                    _assemble(ptxas, ptx, Path(tmp) / f"{key.module_name}.ptx")
+                    _assemble(ptxas, ptx, Path(tmp) / f"{key.module_name}.ptx",
+                              32 * consts["warps"] if op == "gemv_mma" else None)
                 count += 1
             except Exception as e:
                 failures.append(f"{op} {dt} {consts}: {type(e).__name__}: {str(e)[:2000]}")

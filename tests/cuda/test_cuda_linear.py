@@ -259,22 +259,24 @@ def test_gemv_mma_by_width(where, monkeypatch):
     """gemv_mma by the GEMM's rows and width min(K, N) (gemv_mma_wide): from its deep_min_m rows at widths
     deep_from-max_width gemv_mma runs `steps` k-steps a warp where K is whole segments of them (4 steps a lane: K a
     multiple of 32 for 8 steps); from its cap_min_m rows past max_width cuBLASLt runs the GEMM (the simulator's
-    stand-in here), below them gemv_mma with `steps` where past_warps hold all of K, else with the tile; fewer
-    rows, narrower GEMMs or a K of part segments keep the tile. Every result right. The GPU's rule (8 steps from 2 rows at widths 769-1024, cuBLASLt from 9 rows past
-    1024) is not the simulator's: set here to the simulator's sizes."""
+    stand-in here), below them gemv_mma with `steps` and past_warps where those hold all of K in one block (one k
+    range, past_warps warps), else with the tile; fewer rows, narrower GEMMs or a K of part segments keep the
+    tile. Every result right. The GPU's rule (8 steps from 2 rows at widths 769-1024; past 1024 cuBLASLt from 9
+    rows, 13 warps below) is not the simulator's: set here to the simulator's sizes."""
     backend = _path(get_backend("float16"), "gemv-mma")
     monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=3, deep_from=24, steps=8, cap_min_m=4,
-                                                       max_width=32, past_warps=1))
+                                                       max_width=32, past_warps=4))
     steps = backend.gemv_mma_tune["steps"]
     assert steps != 8
     rng = np.random.default_rng(5)
     for (K, N, M), want in [((64, 16, 3), steps), ((64, 24, 2), steps), ((64, 24, 3), 8), ((32, 48, 4), 8),
-                            ((48, 32, 3), steps), ((64, 40, 4), None), ((64, 40, 3), 8), ((256, 40, 3), steps),
-                            ((48, 40, 2), steps)]:
+                            ((48, 32, 3), steps), ((64, 40, 4), None), ((512, 40, 3), (8, 1, 4)),
+                            ((544, 40, 3), steps), ((48, 40, 2), steps)]:
         backend._kernels.clear()
         _runs_right(backend, "float16", rng, K, N, "none", [M])
-        ran = [dict(memo[2])["steps"] for memo in backend._kernels if memo[0] == "gemv_mma"]
-        assert ran == ([] if want is None else [want]), (K, N, M, ran)
+        ran = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+        got = [(k["steps"], k["ksplit"], k["warps"]) if isinstance(want, tuple) else k["steps"] for k in ran]
+        assert got == ([] if want is None else [want]), (K, N, M, got)
     _path(backend, "auto")
 
 
@@ -306,7 +308,7 @@ def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     in for the simulator's, which has none)."""
     import eetjit.backends.cuda as cuda_backend
     rule = cuda_backend.GEMV_MMA_WIDE["gpu"]
-    assert rule == dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=16)
+    assert rule == dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=13)
     monkeypatch.setitem(cuda_backend.GEMV_MMA_WIDE, "sim", rule)
     if name:
         monkeypatch.setenv(name, value)
@@ -316,7 +318,8 @@ def test_gemv_mma_by_width_knobs(monkeypatch, name, value):
     assert be._mma_tile(32, 1024, 3072)["steps"] == (8 if on else be.gemv_mma_tune["steps"])
     assert be._mma_tile(2, 1024, 3072)["steps"] == (8 if on else be.gemv_mma_tune["steps"])
     assert be._mma_tile(8, 768, 2304)["steps"] == be._mma_tile(8, 6400, 1600)["steps"] == be.gemv_mma_tune["steps"]
-    assert be._mma_tile(8, 1600, 4800) == (dict(be.gemv_mma_tune, steps=8, warps=16) if on else be.gemv_mma_tune)
+    assert be._mma_tile(8, 1600, 4800) == (dict(be.gemv_mma_tune, steps=8, warps=13) if on else be.gemv_mma_tune)
+    assert be._mma_tile(8, 2048, 4800)["steps"] == be.gemv_mma_tune["steps"]     # 13 warps do not hold it
     ksplit = be._mma_ksplit(8, 1600, 4800)[0]     # past_warps hold all of K in one block
     assert (ksplit == 1) if on else (ksplit > 1)
     assert be._mma_too_wide(9, 1600, 4800) == on and not be._mma_too_wide(8, 1600, 4800)

@@ -417,6 +417,33 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
         _restore(backend, saved)
 
 
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_norm_prologue_past_the_width(where, monkeypatch, fold, kind):
+    """Past gemv_mma's width below the rule's cuBLASLt rows (gemv_mma_wide, set to the test's sizes), `steps` with
+    past_warps warps hold all of K in one block, so gemv_mma takes the norm in its prologue, folded into the weight
+    or not, and no norm kernel runs; with no past_warps the tile splits K over blocks and the norm kernel runs
+    first; from the cuBLASLt rows, the norm kernel and cuBLASLt. Right every way."""
+    backend, saved = _folded_backend("float16")
+    backend.norm_fold = fold
+    K, steps, past = pick(128, 1024), pick(2, 8), pick(4, 8)     # the tile's warps x steps x 16 k: under K
+    assert backend.gemv_mma_tune["warps"] * backend.gemv_mma_tune["steps"] * 16 < K <= 16 * steps * past
+    try:
+        for M, past_warps, want in [(3, past, "prologue"), (3, 0, "kernel"), (4, past, "cublas")]:
+            monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=2, deep_from=8, steps=steps, cap_min_m=4,
+                                                               max_width=24, past_warps=past_warps))
+            backend._kernels.clear()
+            _runs_right(backend, 8, kind, True, True, True, M, K, 48, None, False, "none", "float16")
+            ran = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
+            assert [(k["ksplit"] == 1, bool(k.get("norm"))) for k in ran] == {
+                "prologue": [(True, True)], "kernel": [(False, False)], "cublas": []}[want], (M, past_warps, ran)
+            assert bool(_ran(backend) & NORM_KERNELS) == (want != "prologue")
+            if want == "prologue":
+                assert [(k["steps"], bool(k.get("fold"))) for k in ran] == [(steps, fold)]
+    finally:
+        _restore(backend, saved)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [2, 8])
 def test_norm_prologue_past_the_width_on_the_gpu(where, M):
@@ -425,7 +452,7 @@ def test_norm_prologue_past_the_width_on_the_gpu(where, M):
     and leave the norm to a kernel of its own). Right against the unfused chain."""
     backend = get_backend("float16")
     if backend.gemv_mma_wide is None:
-        pytest.skip("no width rule here (the simulator's is set by test_folded_norm_linear_too_wide)")
+        pytest.skip("no width rule here (the simulator's is set by test_norm_prologue_past_the_width)")
     backend._kernels.clear()
     _runs_right(backend, 7, "layer", True, True, True, M, 1600, 4800, [1600] * 3, False, "none", "float16")
     ran = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
