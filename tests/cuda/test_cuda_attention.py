@@ -93,6 +93,22 @@ def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed, max_start=None):
     assert_close([backend.to_host(kc), backend.to_host(vc)], [kc_host, vc_host], dtype)
 
 
+@pytest.mark.parametrize("splits", [3, 5, 9])
+@pytest.mark.parametrize("vec", [True, False])
+def test_decode_merges_many_splits(where, splits, vec):
+    """A row's last block merges its splits' partials 4 splits at a time (all of a group's loads issued before
+    any is used): a row of 3 splits (one group, a slot past the last), 5 and 9 (a last group of 1), every column
+    live (start 0, the step at the cache's last column, 2 columns a split), with and without 16-byte loads."""
+    dtype, D = "float16", 8
+    backend = _backend(dtype, "force")
+    saved = backend.attention_vec
+    backend.attention_vec = vec
+    try:
+        _check_cached(backend, dtype, (2, 1), D, 2, 1, 2 * splits - 1, 2 * splits, splits, max_start=0)
+    finally:
+        backend.attention_vec = saved
+
+
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(2, pick(4, 40)),
        split=st.sampled_from(["auto", "force", "never"]), kernel=st.sampled_from(["auto", "tiled", "gemm", "rows"]),
