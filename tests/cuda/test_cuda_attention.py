@@ -93,18 +93,19 @@ def _check_cached(backend, dtype, hh, D, B, S, t0, T, seed, max_start=None):
     assert_close([backend.to_host(kc), backend.to_host(vc)], [kc_host, vc_host], dtype)
 
 
-@pytest.mark.parametrize("splits", [3, 5, 9])
+@pytest.mark.parametrize("splits,live", [(3, 6), (5, 10), (9, 18), (8, 16), (5, 8)])
 @pytest.mark.parametrize("vec", [True, False])
-def test_decode_merges_many_splits(where, splits, vec):
+def test_decode_merges_many_splits(where, splits, live, vec):
     """A row's last block merges its splits' partials 4 splits at a time (all of a group's loads issued before
-    any is used): a row of 3 splits (one group, a slot past the last), 5 and 9 (a last group of 1), every column
-    live (start 0, the step at the cache's last column, 2 columns a split), with and without 16-byte loads."""
+    any is used): rows of 3 splits (one group, a slot past the last), 5 and 9 (a last group of 1), 8 (two whole
+    groups), each split 2 of the live columns (start 0, 2 cache columns a split), and 5 splits over 8 columns (the
+    last split empty: its max -1e30, its sum 0); with and without 16-byte loads."""
     dtype, D = "float16", 8
     backend = _backend(dtype, "force")
     saved = backend.attention_vec
     backend.attention_vec = vec
     try:
-        _check_cached(backend, dtype, (2, 1), D, 2, 1, 2 * splits - 1, 2 * splits, splits, max_start=0)
+        _check_cached(backend, dtype, (2, 1), D, 2, 1, live - 1, 2 * splits, splits, max_start=0)
     finally:
         backend.attention_vec = saved
 
