@@ -1,0 +1,218 @@
+"""Probe (GPU): where a one-row decode step's time goes inside its kernels. Every block of the step's gemv_nk and
+attention_vec launches writes `%globaltimer` stamps (thread 0): its start, the return of its programmatic-launch
+wait, and at its end; attention_vec also after its loop over the cache and, in the split merge
+(`attention_finish`), after its groups' merge and after the split count (the row's last block merges after that).
+
+    python benchmarks/gpu/stamp_probe.py --model MODEL_DIR/gpt2-ts17-eager.onnx [--new 64]
+
+How: the templates are copied to a temporary folder and the copies edited (each edit anchored on the template's
+text: a template that no longer has the anchor stops the probe with its name), then used through
+EETJIT_TEMPLATES_DIR; a wrapper of Device.launch appends a slice of one int64 stamp array to each launch of those
+two kernels (the same slice for the same arguments, so the captured graph writes where the eager run did).
+Cubins are launched through Numba (EETJIT_DIRECT_LAUNCH=0). After a greedy generate of B1 x 64 + `--new`, the
+last captured step's stamps are read back: per layer, each stamp's earliest or latest block, in us after the
+q/k/v GEMV's last block ended (medians, min and max over the layers). The stamps add a store and a barrier a
+block, so the figures are differences within a run, not kernel times to compare with other runs.
+
+Measured (H200, session 22; benchmarks/gpu/NOTES.md): GPT-2 medium, per layer, attention's wait returned 0.8 us
+after the q/k/v GEMV's last block, its loops ended at 2.85 and its last block at 6.1 (small: 0.66, 2.75, 6.08):
+the split merge takes about 3.3 us of each layer's attention. Kept as the probe that measured it (the merge's
+inner stamps were added after that run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+INSTRUMENTED = ("gemv_nk", "attention_vec")
+COLUMNS = ("start", "wait", "loop", "merged", "counted", "end")   # stamp slots; gemv_nk writes start, wait, end
+
+_TIMER = '''
+{% if sim %}
+def _gtime():
+    return 0
+{% else %}
+from llvmlite import ir as _gt_ir
+from numba.core import types as _gt_types
+from numba.core.extending import intrinsic as _gt_intrinsic
+
+
+@_gt_intrinsic
+def _gtime(typingctx):
+    sig = _gt_types.int64()
+
+    def codegen(context, builder, sig, args):
+        fty = _gt_ir.FunctionType(_gt_ir.IntType(64), [])
+        return builder.call(_gt_ir.InlineAsm(fty, "mov.u64 $0, %globaltimer;", "=l", side_effect=True), [])
+    return sig, codegen
+{% endif %}
+'''
+
+
+def _edit(path: Path, edits: list[tuple[str, str, int]]) -> None:
+    """Replace each anchor (expected `count` times) in the template at path."""
+    text = path.read_text()
+    for anchor, new, count in edits:
+        if text.count(anchor) != count:
+            raise SystemExit(f"stamp_probe: {path.name} has {text.count(anchor)} of the anchor {anchor!r} "
+                             f"(expected {count}): the template changed, update the probe's edits")
+        text = text.replace(anchor, new)
+    path.write_text(text)
+
+
+def stamped_templates(dest: Path) -> Path:
+    """A copy of the shipped templates with the stamps edited in; returns the folder for EETJIT_TEMPLATES_DIR."""
+    shutil.copytree(ROOT / "templates", dest)
+    cuda = dest / "cuda"
+    stamp = "    if cuda.threadIdx.x == 0:\n        stamps[{blk}, {col}] = {val}\n"
+    _edit(cuda / "gemv_nk.py.j2", [
+        ("{{ m.group_sum_fn(lanes, threads) }}\n", "{{ m.group_sum_fn(lanes, threads) }}\n" + _TIMER, 1),
+        ("y_MN{{ pfa }}):", "y_MN{{ pfa }}, stamps):", 1),
+        ("sum_MK{{ pfa }}):", "sum_MK{{ pfa }}, stamps):", 2),
+        ("    {{ m.pdl_enter(wait=False) | indent(4) }}\n",
+         "    {{ m.pdl_enter(wait=False) | indent(4) }}\n    gt0 = _gtime()\n", 3),
+        ("    {{ m.pdl_wait() | indent(4) }}\n    red = cuda.shared",
+         "    {{ m.pdl_wait() | indent(4) }}\n    gt1 = _gtime()\n    red = cuda.shared", 1),
+    ])
+    with open(cuda / "gemv_nk.py.j2", "a") as f:
+        f.write("    cuda.syncthreads()\n" + stamp.format(blk="cuda.blockIdx.x", col=0, val="gt0")
+                + "        stamps[cuda.blockIdx.x, 1] = gt1\n        stamps[cuda.blockIdx.x, 5] = _gtime()\n")
+    blk = "sb"
+    _edit(cuda / "attention_vec.py.j2", [
+        ("{% import \"_macros.j2\" as m with context %}",
+         "{% set stamped = true %}\n{% import \"_macros.j2\" as m with context %}", 1),
+        ("{{ m.group_sum_fn(lanes, threads) }}\n", "{{ m.group_sum_fn(lanes, threads) }}\n" + _TIMER, 1),
+        ("count_R, k_BSY, v_BSY):", "count_R, k_BSY, v_BSY, stamps):", 1),
+        ("    {{ m.pdl_enter(wait=not fused_write) | indent(4) }}\n",
+         "    {{ m.pdl_enter(wait=not fused_write) | indent(4) }}\n    gt0 = _gtime()\n"
+         "    sb = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x\n", 1),
+        ("{% if fused_write %}\n    {{ m.pdl_wait() | indent(4) }}\n",
+         "{% if fused_write %}\n    {{ m.pdl_wait() | indent(4) }}\n    gt1 = _gtime()\n"
+         + stamp.format(blk=blk, col=0, val="gt0") + "        stamps[sb, 1] = gt1\n", 1),
+        ("    {{ m.attention_finish(heads, head_dim, groups, threads, split, single_cols) | indent(4) }}",
+         stamp.format(blk=blk, col=2, val="_gtime()")
+         + "    {{ m.attention_finish(heads, head_dim, groups, threads, split, single_cols) | indent(4) }}\n"
+         + "    cuda.syncthreads()\n" + stamp.format(blk=blk, col=5, val="_gtime()").rstrip("\n"), 1),
+    ])
+    # inside the merge (only for the stamped attention_vec: attention.py.j2 shares the macro)
+    _edit(cuda / "_macros.j2", [
+        ("last = cuda.shared.array(1, int32)\nif n_act > 1:\n    row = bh * q_BSX.shape[1] + i\n"
+         "    {{ count_block(\"count_R\", \"row\", \"n_act - 1\") | indent(4) }}\n",
+         "{% if stamped is defined and stamped %}\nif tid == 0:\n    stamps[sb, 3] = _gtime()\n{% endif %}\n"
+         "last = cuda.shared.array(1, int32)\nif n_act > 1:\n    row = bh * q_BSX.shape[1] + i\n"
+         "    {{ count_block(\"count_R\", \"row\", \"n_act - 1\") | indent(4) }}\n"
+         "{% if stamped is defined and stamped %}\n    if tid == 0:\n        stamps[sb, 4] = _gtime()\n{% endif %}\n",
+         1),
+    ])
+    return dest
+
+
+def _install(state: dict) -> None:
+    """Wrap CudaBackend.kernel (which kernel is which template) and Device.launch (the stamp slices)."""
+    from eetjit.backends import cuda as C
+    from eetjit.backends import cuda_device as CD
+    ops, kernel, launch = state["ops"], C.CudaBackend.kernel, CD.Device.launch
+
+    def kernel_(self, op, seq_bucket=None, **consts):
+        fn = kernel(self, op, seq_bucket, **consts)
+        ops[id(fn)] = op
+        return fn
+
+    def ptr(a):
+        data = getattr(a, "data", None)
+        return getattr(data, "ptr", None) or (a.ctypes.data if isinstance(a, np.ndarray) else repr(a))
+
+    def launch_(self, kern, grid, block, *args):
+        op = ops.get(id(kern), "?")
+        key = (id(kern),) + tuple(ptr(a) for a in args)
+        state["log"].append((op, key))
+        if op in INSTRUMENTED:
+            if state["pool"] is None:
+                state["pool"] = self.zeros((400_000, len(COLUMNS)), np.int64)
+            if key not in state["slots"]:
+                blocks = int(np.prod(grid)) if isinstance(grid, tuple) else int(grid)
+                state["slots"][key] = (state["off"], blocks)
+                state["off"] += blocks
+            off, blocks = state["slots"][key]
+            args = args + (state["pool"][off:off + blocks],)
+        return launch(self, kern, grid, block, *args)
+
+    C.CudaBackend.kernel = kernel_
+    CD.Device.launch = launch_
+
+
+def report(state: dict) -> list[dict]:
+    """Per layer (each attention_vec with the GEMVs before and after it), us after the q/k/v GEMV's last block."""
+    log = state["log"]
+    starts = [i for i, (op, _) in enumerate(log) if op == "embedding"]
+    if not starts or state["pool"] is None:
+        raise SystemExit("stamp_probe: no decode step was launched")
+    step = [(op, key) for op, key in log[starts[-1]:] if op in INSTRUMENTED]
+    pool = state["pool"]
+    pool = pool.get() if hasattr(pool, "get") else np.asarray(pool)
+
+    def stamps(key):
+        off, blocks = state["slots"][key]
+        s = pool[off:off + blocks]
+        return s[s[:, 5] > 0]             # blocks that left early (idle splits) wrote no end
+
+    rows = []
+    for j, (op, key) in enumerate(step):
+        if op != "attention_vec" or j == 0 or j + 1 >= len(step):
+            continue
+        q, a, o = stamps(step[j - 1][1]), stamps(key), stamps(step[j + 1][1])
+        if not (len(q) and len(a) and len(o)):
+            continue
+        t = q[:, 5].max()
+        row = {"q/k/v start": q[:, 0].min() - t, "q/k/v wait": q[:, 1].min() - t,
+               "attention start": a[:, 0].min() - t, "attention wait": a[:, 1].min() - t,
+               "attention loops done": a[:, 2].max() - t, "groups merged": a[:, 3].max() - t}
+        counted = a[a[:, 4] > 0]
+        if len(counted):
+            row["split counted (last)"] = counted[:, 4].max() - t
+        row.update({"attention end": a[:, 5].max() - t, "out-proj wait": o[:, 1].min() - t,
+                    "out-proj end": o[:, 5].max() - t})
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--context", type=int, default=64)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EETJIT_TEMPLATES_DIR"] = str(stamped_templates(Path(tmp) / "templates"))
+        os.environ["EETJIT_DIRECT_LAUNCH"] = "0"
+        import eetjit
+        state = {"ops": {}, "log": [], "pool": None, "slots": {}, "off": 0}
+        _install(state)
+        sess = eetjit.compile(args.model, device="cuda", dtype="float16", verbose=False, max_batch=1,
+                              max_seq_len=args.context + args.new + 8)
+        vocab = sess.structure.vocab
+        prompt = [[int(t) for t in np.random.default_rng(0).integers(0, vocab, args.context)]]
+        sess.generate(prompt, max_new_tokens=args.new)
+        rows = report(state)
+    if not rows:
+        print("no stamps (the CUDA simulator writes none)")
+        return 0
+    print(f"{len(rows)} layers, us after the q/k/v GEMV's last block ended (median [min, max]):")
+    for k in rows[0]:
+        v = np.array([r[k] for r in rows if k in r]) / 1e3
+        print(f"  {k:22s} {np.median(v):7.2f}  [{v.min():6.2f}, {v.max():6.2f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
