@@ -1,9 +1,10 @@
 """Probe (GPU): where a one-row decode step's time goes inside its kernels. Every block of the step's gemv_nk and
 attention_vec launches writes `%globaltimer` stamps (thread 0): its start, the return of its programmatic-launch
-wait, and at its end; attention_vec also after its loop over the cache and, in the split merge
-(`attention_finish`), after its groups' merge and after the split count (the row's last block merges after that).
+wait, and at its end; attention_vec also when q has arrived, after its loop over the cache's tiles, after the
+step's own column is folded in and, in the split merge (`attention_finish`), after its groups' merge and after the
+split count (the row's last block merges after that).
 
-    python benchmarks/gpu/stamp_probe.py --model MODEL_DIR/gpt2-ts17-eager.onnx [--new 64]
+    python benchmarks/gpu/stamp_probe.py --model MODEL_DIR/gpt2-ts17-eager.onnx [--new 128] [--max-seq-len N]
 
 How: the templates are copied to a temporary folder and the copies edited (each edit anchored on the template's
 text: a template that no longer has the anchor stops the probe with its name), then used through
@@ -14,10 +15,13 @@ last captured step's stamps are read back: per layer, each stamp's earliest or l
 q/k/v GEMV's last block ended (medians, min and max over the layers). The stamps add a store and a barrier a
 block, so the figures are differences within a run, not kernel times to compare with other runs.
 
-Measured (H200, session 22; benchmarks/gpu/NOTES.md): GPT-2 medium, per layer, attention's wait returned 0.8 us
-after the q/k/v GEMV's last block, its loops ended at 2.85 and its last block at 6.1 (small: 0.66, 2.75, 6.08):
-the split merge takes about 3.3 us of each layer's attention. Kept as the probe that measured it (the merge's
-inner stamps were added after that run).
+Measured (H200; benchmarks/gpu/NOTES.md). Session 22, a cache of 136 columns (3 splits, every one taking part):
+GPT-2 medium's attention waited until 0.8 us after the q/k/v GEMV's last block, ended its loops at 2.85 and its
+last block at 6.1 (small: 0.66, 2.75, 6.08). Session 23, run.sh's capacity (--max-seq-len 776; the default here,
+bench_more.py's, runs the same scheme: rows of up to 256 columns in one block): GPT-2 small, wait +0.56, q +2.24,
+tiles done +4.26, the step's own column folded +4.74, groups merged +5.47, end +5.58; the layer (to the next q/k/v
+GEMV's end) 15.0 us. The report also has the MLP's two GEMVs and the next q/k/v GEMV (with their last block's
+start: a block that starts late loads its weight late).
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 INSTRUMENTED = ("gemv_nk", "attention_vec")
-COLUMNS = ("start", "wait", "loop", "merged", "counted", "end")   # stamp slots; gemv_nk writes start, wait, end
+# stamp slots; gemv_nk writes start, wait, end; attention_vec's "loop" is after its loop and the step's own column
+COLUMNS = ("start", "wait", "loop", "merged", "counted", "end", "q", "tiles")
 
 _TIMER = '''
 {% if sim %}
@@ -99,9 +104,17 @@ def stamped_templates(dest: Path) -> Path:
         ("{% if fused_write %}\n    {{ m.pdl_wait() | indent(4) }}\n",
          "{% if fused_write %}\n    {{ m.pdl_wait() | indent(4) }}\n    gt1 = _gtime()\n"
          + stamp.format(blk=blk, col=0, val="gt0") + "        stamps[sb, 1] = gt1\n", 1),
-        ("    {{ m.attention_finish(heads, head_dim, groups, threads, split, single_cols) | indent(4) }}",
+        # after q arrived (the stamp's branch reads it), and after the loop over the tiles (before the step's own
+        # column is folded in)
+        ("    m_run = NEG\n",
+         "    if cuda.threadIdx.x == 0 and q0_0 != float32(-7.7e33):\n        stamps[sb, 6] = _gtime()\n"
+         "    m_run = NEG\n", 1),
+        ("{% if fused_write %}\n    if own_new:",
+         "    if cuda.threadIdx.x == 0 and m_run != float32(7.7e33):\n        stamps[sb, 7] = _gtime()\n"
+         "{% if fused_write %}\n    if own_new:", 1),
+        ("    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols) | indent(4) }}",
          stamp.format(blk=blk, col=2, val="_gtime()")
-         + "    {{ m.attention_finish(heads, head_dim, groups, threads, split, single_cols) | indent(4) }}\n"
+         + "    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols) | indent(4) }}\n"
          + "    cuda.syncthreads()\n" + stamp.format(blk=blk, col=5, val="_gtime()").rstrip("\n"), 1),
     ])
     # inside the merge (only for the stamped attention_vec: attention.py.j2 shares the macro)
@@ -174,14 +187,24 @@ def report(state: dict) -> list[dict]:
         if not (len(q) and len(a) and len(o)):
             continue
         t = q[:, 5].max()
-        row = {"q/k/v start": q[:, 0].min() - t, "q/k/v wait": q[:, 1].min() - t,
+        row = {"q/k/v start": q[:, 0].min() - t, "q/k/v start (last)": q[:, 0].max() - t,
+               "q/k/v wait": q[:, 1].min() - t,
                "attention start": a[:, 0].min() - t, "attention wait": a[:, 1].min() - t,
+               "attention q arrived": a[:, 6].max() - t, "attention tiles done": a[:, 7].max() - t,
                "attention loops done": a[:, 2].max() - t, "groups merged": a[:, 3].max() - t}
         counted = a[a[:, 4] > 0]
         if len(counted):
             row["split counted (last)"] = counted[:, 4].max() - t
-        row.update({"attention end": a[:, 5].max() - t, "out-proj wait": o[:, 1].min() - t,
+        row.update({"attention end": a[:, 5].max() - t, "out-proj start": o[:, 0].min() - t,
+                    "out-proj start (last)": o[:, 0].max() - t, "out-proj wait": o[:, 1].min() - t,
                     "out-proj end": o[:, 5].max() - t})
+        # the layer's later GEMVs (up, down) and the next layer's q/k/v, where the step has them
+        for name, n in (("up", 2), ("down", 3), ("next q/k/v", 4)):
+            if j + n < len(step) and step[j + n][0] == "gemv_nk":
+                g = stamps(step[j + n][1])
+                if len(g):
+                    row.update({f"{name} start": g[:, 0].min() - t, f"{name} start (last)": g[:, 0].max() - t,
+                                f"{name} wait": g[:, 1].min() - t, f"{name} end": g[:, 5].max() - t})
         rows.append(row)
     return rows
 
@@ -191,6 +214,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--max-seq-len", type=int, default=None,
+                    help="the session's cache capacity (default context + new + 8 + 128, as bench_more.py's "
+                         "one-row sections: the capacity sets the attention's splits)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EETJIT_TEMPLATES_DIR"] = str(stamped_templates(Path(tmp) / "templates"))
@@ -199,7 +225,7 @@ def main(argv=None) -> int:
         state = {"ops": {}, "log": [], "pool": None, "slots": {}, "off": 0}
         _install(state)
         sess = eetjit.compile(args.model, device="cuda", dtype="float16", verbose=False, max_batch=1,
-                              max_seq_len=args.context + args.new + 8)
+                              max_seq_len=args.max_seq_len or args.context + args.new + 8 + 128)
         vocab = sess.structure.vocab
         prompt = [[int(t) for t in np.random.default_rng(0).integers(0, vocab, args.context)]]
         sess.generate(prompt, max_new_tokens=args.new)
