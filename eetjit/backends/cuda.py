@@ -71,10 +71,18 @@ ATTENTION_VEC_BLOCKS_PER_SM = {"gpu": 4, "sim": 4}      # its flash-decoding spl
 # decode replay: B32 x 512 0.683 -> 0.641 ms (pipelined, 2 columns), B1 x 64 0.275 -> 0.228 (pipelined, 4).
 ATTENTION_VEC_PIPELINE = {"gpu": 1, "sim": 1}
 ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator has 1 SM: every launch takes this
+# A launch of few query rows (at most a quarter of the SMs: a one-token step at B1-B2) takes ATTENTION_VEC_UNROLL_FEW
+# columns per group and tile, unpipelined (0: as other launches below one row per SM): a block's tile then covers a
+# whole row of a short context (12 x 16 groups = 192 columns), every load of it issued before the block waits for
+# the q/k/v GEMM. H200, GPT-2 small B1 x 64 + 128 (session 23): the layer 0.6 us shorter (%globaltimer), the step
+# 0.199 / 0.200 -> 0.196 / 0.197 ms (its replays, whose rows of over 256 columns split into chunks shorter than the
+# tile, 0.192 / 0.193 -> 0.195 / 0.194). At B8 x 512 (96 rows) 12 columns cost 0.323 -> 0.364: registers, hence few.
+ATTENTION_VEC_UNROLL_FEW = {"gpu": 12, "sim": 0}
+ATTENTION_VEC_FEW_ROWS_DIV = 4
 ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
-# A/B knob: "threads,unroll,unroll_many,blocks_per_sm,pipeline" overrides ATTENTION_VEC_THREADS, ATTENTION_UNROLL,
-# ATTENTION_VEC_UNROLL_MANY, ATTENTION_VEC_BLOCKS_PER_SM and ATTENTION_VEC_PIPELINE for the vector kernel
-# (benchmarks/gpu/ab_decode.sh)
+# A/B knob: "threads,unroll,unroll_many,blocks_per_sm,pipeline,unroll_few" overrides ATTENTION_VEC_THREADS,
+# ATTENTION_UNROLL, ATTENTION_VEC_UNROLL_MANY, ATTENTION_VEC_BLOCKS_PER_SM, ATTENTION_VEC_PIPELINE and
+# ATTENTION_VEC_UNROLL_FEW for the vector kernel (benchmarks/gpu/ab_decode.sh)
 ATTENTION_VEC_TUNE_ENV = "EETJIT_ATTENTION_VEC_TUNE"
 # flash-decoding split: aim at this many blocks per SM, never give a block fewer than MIN_CHUNK columns. H200, GPT-2
 # small B1 x 64 + 128 new (session 15, replay ms/step): 0.209 with the default (a cache of 208 columns: 4 splits of 52,
@@ -373,7 +381,7 @@ class CudaBackend:
         self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
             threads=ATTENTION_VEC_THREADS[self.mode], unroll=ATTENTION_UNROLL[self.mode],
             unroll_many=ATTENTION_VEC_UNROLL_MANY[self.mode], blocks_per_sm=ATTENTION_VEC_BLOCKS_PER_SM[self.mode],
-            pipeline=ATTENTION_VEC_PIPELINE[self.mode]))
+            pipeline=ATTENTION_VEC_PIPELINE[self.mode], unroll_few=ATTENTION_VEC_UNROLL_FEW[self.mode]))
         self.gemv_vec = _env_flag(GEMV_VEC_ENV)
         self.gemv_nk = _env_flag(GEMV_NK_ENV)
         self.gemv_nk_tune = _env_tune(GEMV_NK_TUNE_ENV, GEMV_NK[self.mode])
@@ -1245,10 +1253,12 @@ class CudaBackend:
             tune = self.attention_vec_tune
             lanes = min(32, 1 << (D // self.per_load - 1).bit_length())
             groups = max(1, tune["threads"] // lanes)
-            unroll = tune["unroll_many"] if rows >= self.dev.sm_count else tune["unroll"]
+            few = tune["unroll_few"] > 0 and rows * ATTENTION_VEC_FEW_ROWS_DIV <= self.dev.sm_count
+            unroll = (tune["unroll_many"] if rows >= self.dev.sm_count
+                      else tune["unroll_few"] if few else tune["unroll"])
             kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
                                groups=groups, unroll=unroll, split=split,
-                               pipeline=bool(tune["pipeline"]),
+                               pipeline=bool(tune["pipeline"]) and not few,
                                fused_write=fused_write, single_cols=single_cols)
             return kern, lanes * groups
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)

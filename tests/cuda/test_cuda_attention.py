@@ -183,6 +183,29 @@ def test_vector_loads_over_many_tiles(where, pipeline, unroll, split, dtype, D):
         backend.attention_dynamic_splits = saved[1]
 
 
+@pytest.mark.parametrize("dtype,D,live", [("float16", 16, 23), ("bfloat16", 24, 7), ("float32", 8, 30)])
+def test_decode_few_rows_take_whole_row_tiles(where, dtype, D, live):
+    """A one-token launch of few query rows (at most a quarter of the SMs) takes the few-rows tile
+    (`unroll_few` columns a group, unpipelined), so that one tile holds a short row; rows longer than a tile
+    carry on over more tiles. Its kernel is the one asked for, and gives the reference's result. The groups of a
+    warp merge by exchanges first (D = 16 / 24 / 8: 4, 2 and 4 groups a block in the simulator)."""
+    from eetjit.backends.cuda import ATTENTION_VEC_FEW_ROWS_DIV
+    backend = _backend(dtype, "never", "auto")
+    saved = dict(backend.attention_vec_tune), backend.dev.sm_count
+    backend.attention_vec_tune["unroll_few"] = 3
+    rows = 2                                                # B 1 x 2 heads
+    backend.dev.sm_count = max(backend.dev.sm_count, rows * ATTENTION_VEC_FEW_ROWS_DIV)
+    try:
+        backend._kernels.clear()
+        _check_cached(backend, dtype, (2, 1), D, 1, 1, live, pick(32, 640), seed=7, max_start=0)
+        vec = [dict(memo[2]) for memo in backend._kernels if memo[0] == "attention_vec"]
+        assert vec and all(c["unroll"] == 3 and not c["pipeline"] for c in vec), vec
+    finally:
+        backend.attention_vec_tune.update(saved[0])
+        backend.dev.sm_count = saved[1]
+        backend._kernels.clear()
+
+
 @pytest.mark.parametrize("single_cols", [0, 4])
 def test_decode_reads_the_step_from_the_device(where, single_cols):
     """A captured step replays one launch: the column comes from device memory, so bumping it there moves it.
