@@ -71,13 +71,14 @@ ATTENTION_VEC_BLOCKS_PER_SM = {"gpu": 4, "sim": 4}      # its flash-decoding spl
 # decode replay: B32 x 512 0.683 -> 0.641 ms (pipelined, 2 columns), B1 x 64 0.275 -> 0.228 (pipelined, 4).
 ATTENTION_VEC_PIPELINE = {"gpu": 1, "sim": 1}
 ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator has 1 SM: every launch takes this
-# A launch of few query rows (at most a quarter of the SMs: a one-token step at B1-B2) takes ATTENTION_VEC_UNROLL_FEW
-# columns per group and tile, unpipelined (0: as other launches below one row per SM): a block's tile then covers a
-# whole row of a short context (12 x 16 groups = 192 columns), every load of it issued before the block waits for
-# the q/k/v GEMM. H200, GPT-2 small B1 x 64 + 128 (session 23): the layer 0.6 us shorter (%globaltimer), the step
-# 0.199 / 0.200 -> 0.196 / 0.197 ms (its replays, whose rows of over 256 columns split into chunks shorter than the
-# tile, 0.192 / 0.193 -> 0.195 / 0.194). At B8 x 512 (96 rows) 12 columns cost 0.323 -> 0.364: registers, hence few.
-ATTENTION_VEC_UNROLL_FEW = {"gpu": 12, "sim": 0}
+# A/B knob, off (0): a launch of few query rows (at most a quarter of the SMs) takes ATTENTION_VEC_UNROLL_FEW columns
+# per group and tile, unpipelined, so that one tile (12 x 16 groups = 192 columns) holds a short row and all its loads
+# go out before the block waits for the q/k/v GEMM (fused cache write, programmatic launch). H200, GPT-2 small
+# B1 x 64 + 128 (session 23): the step 0.199 / 0.200 -> 0.196 / 0.197 ms over rows of 65-191 columns, but the
+# replays, rows of 192-242 (a second, nearly empty, unpipelined tile), 0.192 / 0.193 -> 0.195 / 0.194; rows split into
+# chunks shorter than the tile (over 256 columns) not measured. At B8 x 512 (96 rows) 12 columns cost 0.323 -> 0.364
+# (185 registers), hence the row limit. Off until it is measured past the benchmark's own lengths.
+ATTENTION_VEC_UNROLL_FEW = {"gpu": 0, "sim": 0}
 ATTENTION_VEC_FEW_ROWS_DIV = 4
 ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
 # A/B knob: "threads,unroll,unroll_many,blocks_per_sm,pipeline,unroll_few" overrides ATTENTION_VEC_THREADS,
@@ -298,7 +299,8 @@ def _env_flag(name: str, default: str = "1") -> bool:
 
 
 def _env_tune(name: str, default: dict) -> dict:
-    """`default`, or the comma-separated integers of $name for its keys in order (an A/B knob)."""
+    """`default`, with the comma-separated integers of $name for its first keys in order (an A/B knob; a knob that
+    gained a key still reads its older, shorter strings)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return dict(default)
@@ -306,9 +308,9 @@ def _env_tune(name: str, default: dict) -> dict:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != len(default):
-        raise ValueError(f"{name}={text!r}: expected {len(default)} integers ({','.join(default)})")
-    return dict(zip(default, values))
+    if not 1 <= len(values) <= len(default):
+        raise ValueError(f"{name}={text!r}: expected up to {len(default)} integers ({','.join(default)})")
+    return {**default, **dict(zip(default, values))}      # a prefix: the rest keep their defaults
 
 
 def nk_tune(tune: dict, K: int, per_load: int, max_vpl: int, cpg: int = 0) -> dict:
