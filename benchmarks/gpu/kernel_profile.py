@@ -93,7 +93,7 @@ def decode_table(args, rng, top: int = 16) -> None:
     import eetjit
     B, P, steps = args.batch or 1, args.len, 64
     sess = eetjit.compile(str(args.model), device="cuda", dtype="float16", max_batch=B,
-                          max_seq_len=args.max_seq_len or P + 80, verbose=False)
+                          max_seq_len=args.max_seq_len or P + 264, verbose=False)
     prompts = rng.integers(10, sess.structure.vocab, (B, P)).tolist()
     for n in (8, 8 + steps):                       # capture and warm both
         sess.generate(prompts, max_new_tokens=n)
@@ -133,8 +133,8 @@ def main():
     ap.add_argument("--len", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-seq-len", type=int, default=None,
-                    help="decode: the cache capacity (default len + 80); it sets the attention's splits, so match "
-                         "the benchmark's (bench_more.py's one-row sections: len + 128 + 8 + 128)")
+                    help="decode: the cache capacity (default len + 264, bench_more.py's one-row sections' len + "
+                         "128 new + 8 + 128): it sets the attention's splits")
     args = ap.parse_args()
     import torch
     import eetjit

@@ -18,9 +18,10 @@ block, so the figures are differences within a run, not kernel times to compare 
 Measured (H200; benchmarks/gpu/NOTES.md). Session 22, a cache of 136 columns (3 splits, every one taking part):
 GPT-2 medium's attention waited until 0.8 us after the q/k/v GEMV's last block, ended its loops at 2.85 and its
 last block at 6.1 (small: 0.66, 2.75, 6.08). Session 23, run.sh's capacity (--max-seq-len 776; the default here,
-bench_more.py's, runs the same scheme: rows of up to 256 columns in one block): GPT-2 small, wait +0.56, q +2.24,
-tiles done +4.26, the step's own column folded +4.74, groups merged +5.47, end +5.58; the layer (to the next q/k/v
-GEMV's end) 15.0 us. The report also has the MLP's two GEMVs and the next q/k/v GEMV (with their last block's
+bench_more.py's, runs the same scheme: rows of up to 256 columns in one block), GPT-2 small before that session's
+changes: wait +0.56, q +2.24, tiles done +4.26, the step's own column folded +4.74, groups merged +5.47, end +5.58;
+the layer (to the next q/k/v GEMV's end) 15.0 us. (The "folded" stamp sits just before `attention_finish`: since
+the warp exchange merge it comes after the exchanges, so compare tiles-done -> merged across versions.) The report also has the MLP's two GEMVs and the next q/k/v GEMV (with their last block's
 start: a block that starts late loads its weight late).
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 INSTRUMENTED = ("gemv_nk", "attention_vec")
-# stamp slots; gemv_nk writes start, wait, end; attention_vec's "loop" is after its loop and the step's own column
+# stamp slots; gemv_nk writes start, wait, end; attention_vec's "loop" is just before attention_finish (after the loop,
+# the step's own column and the warp exchange merge)
 COLUMNS = ("start", "wait", "loop", "merged", "counted", "end", "q", "tiles")
 
 _TIMER = '''
@@ -191,7 +193,7 @@ def report(state: dict) -> list[dict]:
                "q/k/v wait": q[:, 1].min() - t,
                "attention start": a[:, 0].min() - t, "attention wait": a[:, 1].min() - t,
                "attention q arrived": a[:, 6].max() - t, "attention tiles done": a[:, 7].max() - t,
-               "attention loops done": a[:, 2].max() - t, "groups merged": a[:, 3].max() - t}
+               "attention before merge": a[:, 2].max() - t, "groups merged": a[:, 3].max() - t}
         counted = a[a[:, 4] > 0]
         if len(counted):
             row["split counted (last)"] = counted[:, 4].max() - t
@@ -212,7 +214,7 @@ def report(state: dict) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="the session's cache capacity (default context + new + 8 + 128, as bench_more.py's "
