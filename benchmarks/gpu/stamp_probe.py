@@ -1,8 +1,8 @@
 """Probe (GPU): where a one-row decode step's time goes inside its kernels. Every block of the step's gemv_nk and
 attention_vec launches writes `%globaltimer` stamps (thread 0): its start, the return of its programmatic-launch
-wait, and at its end; attention_vec also when q has arrived, after its loop over the cache's tiles, after the
-step's own column is folded in and, in the split merge (`attention_finish`), after its groups' merge and after the
-split count (the row's last block merges after that).
+wait, and at its end; attention_vec also when q has arrived, after its loop over the cache's tiles, just before
+`attention_finish` (after the step's own column and the warp exchange merge) and, inside it, after the groups'
+merge and after the split count (the row's last block merges after that).
 
     python benchmarks/gpu/stamp_probe.py --model MODEL_DIR/gpt2-ts17-eager.onnx [--new 128] [--max-seq-len N]
 
@@ -20,9 +20,10 @@ GPT-2 medium's attention waited until 0.8 us after the q/k/v GEMV's last block, 
 last block at 6.1 (small: 0.66, 2.75, 6.08). Session 23, run.sh's capacity (--max-seq-len 776; the default here,
 bench_more.py's, runs the same scheme: rows of up to 256 columns in one block), GPT-2 small before that session's
 changes: wait +0.56, q +2.24, tiles done +4.26, the step's own column folded +4.74, groups merged +5.47, end +5.58;
-the layer (to the next q/k/v GEMV's end) 15.0 us. (The "folded" stamp sits just before `attention_finish`: since
-the warp exchange merge it comes after the exchanges, so compare tiles-done -> merged across versions.) The report also has the MLP's two GEMVs and the next q/k/v GEMV (with their last block's
-start: a block that starts late loads its weight late).
+the layer (to the next q/k/v GEMV's end) 15.0 us. (The "folded" stamp sits just before `attention_finish`:
+since the warp exchange merge it comes after the exchanges, so compare tiles-done -> merged across versions.) The
+report also has the MLP's two GEMVs and the next q/k/v GEMV (with their last block's start: a block that starts
+late loads its weight late).
 """
 from __future__ import annotations
 
