@@ -299,8 +299,7 @@ def _env_flag(name: str, default: str = "1") -> bool:
 
 
 def _env_tune(name: str, default: dict) -> dict:
-    """`default`, with the comma-separated integers of $name for its first keys in order (an A/B knob; a knob that
-    gained a key still reads its older, shorter strings)."""
+    """`default`, or the comma-separated integers of $name for its keys in order (an A/B knob)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return dict(default)
@@ -308,9 +307,9 @@ def _env_tune(name: str, default: dict) -> dict:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if not 1 <= len(values) <= len(default):
-        raise ValueError(f"{name}={text!r}: expected up to {len(default)} integers ({','.join(default)})")
-    return {**default, **dict(zip(default, values))}      # a prefix: the rest keep their defaults
+    if len(values) != len(default):
+        raise ValueError(f"{name}={text!r}: expected {len(default)} integers ({','.join(default)})")
+    return dict(zip(default, values))
 
 
 def nk_tune(tune: dict, K: int, per_load: int, max_vpl: int, cpg: int = 0) -> dict:

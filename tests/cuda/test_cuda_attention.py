@@ -206,21 +206,6 @@ def test_decode_few_rows_take_whole_row_tiles(where, dtype, D, live):
         backend._kernels.clear()
 
 
-def test_tune_knob_reads_a_prefix(monkeypatch):
-    """EETJIT_ATTENTION_VEC_TUNE sets the tune's first keys in order (a string from before a key was added still
-    reads); more values than keys, or a non-integer, is an error that names the knob and its keys."""
-    from eetjit.backends.cuda import ATTENTION_VEC_TUNE_ENV, _env_tune
-    default = dict(threads=128, unroll=4, unroll_many=2, blocks_per_sm=4, pipeline=1, unroll_few=0)
-    monkeypatch.setenv(ATTENTION_VEC_TUNE_ENV, "256,6,2,4,0")
-    assert _env_tune(ATTENTION_VEC_TUNE_ENV, default) == dict(default, threads=256, unroll=6, pipeline=0)
-    monkeypatch.setenv(ATTENTION_VEC_TUNE_ENV, "128,4,2,4,1,12")
-    assert _env_tune(ATTENTION_VEC_TUNE_ENV, default) == dict(default, unroll_few=12)
-    for bad in ("1,2,3,4,5,6,7", "128,x"):
-        monkeypatch.setenv(ATTENTION_VEC_TUNE_ENV, bad)
-        with pytest.raises(ValueError, match="EETJIT_ATTENTION_VEC_TUNE.*threads,unroll"):
-            _env_tune(ATTENTION_VEC_TUNE_ENV, default)
-
-
 @pytest.mark.parametrize("single_cols", [0, 4])
 def test_decode_reads_the_step_from_the_device(where, single_cols):
     """A captured step replays one launch: the column comes from device memory, so bumping it there moves it.
