@@ -75,9 +75,13 @@ ATTENTION_VEC_UNROLL_MANY = {"gpu": 2, "sim": 1}     # the simulator has 1 SM: e
 # per group and tile, unpipelined, so that one tile (12 x 16 groups = 192 columns) holds a short row and all its loads
 # go out before the block waits for the q/k/v GEMM (fused cache write, programmatic launch). H200, GPT-2 small
 # B1 x 64 + 128 (session 23): the step 0.199 / 0.200 -> 0.196 / 0.197 ms over rows of 65-191 columns, but the
-# replays, rows of 192-242 (a second, nearly empty, unpipelined tile), 0.192 / 0.193 -> 0.195 / 0.194; rows split into
-# chunks shorter than the tile (over 256 columns) not measured. At B8 x 512 (96 rows) 12 columns cost 0.323 -> 0.364
-# (185 registers), hence the row limit. Off until it is measured past the benchmark's own lengths.
+# replays, rows of 192-242 (a second, nearly empty, unpipelined tile), 0.192 / 0.193 -> 0.195 / 0.194. At B8 x 512
+# (96 rows) 12 columns cost 0.323 -> 0.364 (185 registers), hence the row limit. Past the benchmark's lengths
+# (session 24, ms/step, small 2 rounds): small B1 x 64 0.198-0.200 -> 0.195-0.197, but B1 x 200 0.211-0.212 ->
+# 0.220-0.221, B1 x 512 0.223 -> 0.234-0.235, B2 x 512 0.275 -> 0.291; medium (1 round) B1 x 64 0.445 -> 0.423,
+# B1 x 512 0.482 -> 0.506. Longer rows lose with it, and neither giving a group every 16th column of the tile nor
+# skipping the loads past the row's end (172 registers) changed that; my guess (not shown) is that blocks this large
+# cannot become resident beside the q/k/v GEMV's, so their early loads come late. Off: one graph serves every length.
 ATTENTION_VEC_UNROLL_FEW = {"gpu": 0, "sim": 0}
 ATTENTION_VEC_FEW_ROWS_DIV = 4
 ATTENTION_VEC_ENV = "EETJIT_ATTENTION_VEC"
@@ -186,6 +190,11 @@ GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every g
 # --same), but prefetching the whole next weight lost (XL-size B1 1.568 -> 1.666 ms/step; at most 16 MB: 1.619):
 # it fetches each byte twice when L2 cannot hold two GEMVs' weights. The first 2 MB (0.5 MB: the same) gained at
 # every size, 2 rounds each: XL-size 1.568 -> 1.547, medium 0.436-0.441 -> 0.434, small 0.209 -> 0.207-0.208.
+# Nor does more pay while attention runs, when HBM looks idle (session 24, B1 x 64 ms/step): the output projection's
+# gemv_nk (resident during attention) asking for 8 MB or all of the up projection's weight, medium 0.434-0.435 ->
+# 0.443-0.445, small even; attention itself asking for all of it once its own loads are out (its blocks of the
+# rows' first split, 4 KB pieces), medium 0.434 -> 0.497-0.501, small 0.202 -> 0.222. My reading: the traffic
+# queued then delays the loads on the step's critical path (attention's, the output projection's).
 # sm_90 and later only (the instruction); the simulator runs a twin that checks each piece's range.
 GEMV_PREFETCH_ENV = "EETJIT_GEMV_PREFETCH"      # "0": no prefetch (A/B)
 GEMV_PREFETCH_MB = 2.0
