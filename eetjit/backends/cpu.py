@@ -94,17 +94,23 @@ BF16_BLOCK = 8
 def has_avx512_bf16() -> bool:
     """Whether linear_bf16 can be compiled here: the CPU Numba compiles for has AVX512-BF16 (the host's, unless
     NUMBA_CPU_NAME/NUMBA_CPU_FEATURES name another: LLVM aborts the process on the intrinsic otherwise) and LLVM
-    is recent enough to spell the intrinsic with `bfloat` vectors and opaque pointers (LLVM 17+)."""
+    is recent enough to spell the intrinsic with `bfloat` vectors and opaque pointers (LLVM 17+). LLVM lists every
+    feature it knows, "+name" or "-name" ("-avx512bf16" on a CPU without it): only a "+avx512bf16" entry counts."""
     import llvmlite.binding as llvm
     from numba.core import config
     if tuple(llvm.llvm_version_info) < (17,):
         return False
     name, features = getattr(config, "CPU_NAME", None), getattr(config, "CPU_FEATURES", None)
     if name and name != "host":
-        return "+avx512bf16" in (features or "").split(",")
+        return _feature_on(features or "", "avx512bf16")
     if features:
-        return "+avx512bf16" in features.split(",")
-    return "avx512bf16" in llvm.get_host_cpu_features().flatten()
+        return _feature_on(features, "avx512bf16")
+    return _feature_on(llvm.get_host_cpu_features().flatten(), "avx512bf16")
+
+
+def _feature_on(features: str, name: str) -> bool:
+    """Whether an LLVM feature string ("+avx2,-avx512bf16,..." ) turns `name` on."""
+    return f"+{name}" in (f.strip() for f in features.split(","))
 
 
 def half_bits(w: np.ndarray, dtype: str, node=None) -> np.ndarray:

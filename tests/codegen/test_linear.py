@@ -153,6 +153,30 @@ def test_16bit_rounding_is_to_nearest_even():
         assert np.array_equal(widen_bits(half_bits(w, dtype), dtype), torch.from_numpy(w).to(tdt).float().numpy())
 
 
+def test_avx512_bf16_is_on_only_where_llvm_lists_it_with_a_plus(monkeypatch):
+    """LLVM's host feature string names every feature, "-avx512bf16" where the CPU lacks it (an AMD Zen 3 here):
+    a substring test took that for the feature, and compiling linear_bf16's intrinsic then aborted the process.
+    The host's answer is the one its LLVM string gives, and NUMBA_CPU_FEATURES counts only "+avx512bf16"."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    from eetjit.backends import cpu
+    host = llvm.get_host_cpu_features().flatten().split(",")
+    for features, want in (("+avx2,-avx512bf16,+fma", False), ("+avx2,+avx512bf16", True), ("-avx512bf16", False),
+                           ("+avx512bf16x", False)):
+        assert cpu._feature_on(features, "avx512bf16") is want, features
+    cpu.has_avx512_bf16.cache_clear()
+    try:
+        if tuple(llvm.llvm_version_info) >= (17,) and not getattr(config, "CPU_FEATURES", None):
+            assert cpu.has_avx512_bf16() is ("+avx512bf16" in host)
+        monkeypatch.setattr(config, "CPU_NAME", "znver3", raising=False)
+        monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512bf16", raising=False)
+        cpu.has_avx512_bf16.cache_clear()
+        assert cpu.has_avx512_bf16() is False
+    finally:
+        monkeypatch.undo()
+        cpu.has_avx512_bf16.cache_clear()
+
+
 @pytest.mark.parametrize("M", (2, 4, 11))
 def test_bfloat16_sessions_compute_the_same_with_and_without_avx512_bf16(M):
     """linear_bf16 (vdpbf16ps) and the fallback of CPUs without it (x rounded, then linear_rows/BLAS) multiply
