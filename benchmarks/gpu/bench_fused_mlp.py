@@ -10,28 +10,31 @@ warp `cpw` columns, 32 lanes over K, shuffles), keeps them in shared memory and 
 matching rows of W_down ([F, H], rows contiguous): a partial y over all H outputs, which it adds into a float32
 accumulator with atomics (the rows split into `rs` groups of threads, summed in shared memory first). Both
 weight slices are loaded into registers before `griddepcontrol.wait`, so no block waits for another's columns and
-the whole MLP weight streams while the kernel before runs. The next layer reads the accumulator plus the down
+the resident blocks' slices stream while the kernel before runs. The next layer reads the accumulator plus the down
 bias, rounded to float16 (what gemv_nk's stored output is); each layer's accumulator is zeroed at the start of
 the captured chain. The order of the atomics' additions is not fixed: results may differ in the last bit of the
 float32 sums from run to run.
 
 Both chains run `--layers` layers of distinct random float16 weights (`--same`: layer 0's for all, L2-resident)
 captured as one CUDA graph with programmatic dependent launch (gemv_nk through the backend, as a decode step
-launches it, its L2 prefetch of the next weight included). Prints us a layer, the ratio to the floor (the MLP
-weights' bytes at the measured copy bandwidth) and the largest difference of a 2-layer chain's output from
-gemv_nk's. No LayerNorm on either side. `--add` picks how a block adds its partial: `red4` (one
-red.global.add.v4.f32 per 4 values, sm_90), `atomic` (cuda.atomic.add per value) or `store` (plain stores: wrong
+launches it, its L2 prefetch of the next weight included; the fused chain's graph also zeroes the accumulators, one
+small kernel). Prints us a layer, the ratio to the floor (the MLP weights' bytes at the measured copy bandwidth) and
+the largest difference of a 2-layer chain's output from gemv_nk's, relative to gemv_nk's largest value. No
+LayerNorm on either side. `--add` picks how a block adds its partial: `red4` (one red.global.add.v4.f32 per 4
+values, sm_90), `atomic` (cuda.atomic.add per value) or `store` (plain 4-byte stores, 4x red4's transactions: wrong
 sums, to see the time without the additions).
 
 Measured (H200, session 24; benchmarks/gpu/NOTES.md): the idea lost. GPT-2 medium's width (1024, MLP 4096), us a
 layer: gemv_nk's two kernels 6.46 (1.61x the floor); fused, best 10.2 (cpw 4, rs 2: 128 blocks, 168 registers),
-13.3-13.5 at 256 blocks, 21.1 at 512; per value atomics 18.8-54.6, plain stores 12.9-30.9. GPT-2 small's width:
-4.63 against 7.3-8.3 at best. With the weights L2-resident (`--same`) gemv_nk 5.11, fused 7.88 / 11.62 (128 / 256
-blocks): the time is not the weight stream. It grows with the number of blocks adding into each address (every
-block adds to all H outputs), 24-30 ns a block from 128 to 256 to 512 blocks: my reading (not proven) is that the
-additions to one address are applied one after another where the line lives in L2. A reduction among a thread
-block cluster's blocks in distributed shared memory first (8 blocks a cluster: 8x fewer additions an address)
-would be the next variant; the backend's launches set no cluster dimensions today. Kept as the probe.
+12.2 (2,4: 128 blocks), 13.3-13.5 at 256 blocks, 21.1 at 512; per value atomics 18.8-54.6, plain stores 12.9-30.9
+(those two from an earlier version whose loads carried a memory clobber; its red4 figures within 2.5%). GPT-2
+small's width: 4.62-4.65 against 7.3-8.3 at best. With the weights L2-resident (`--same`) gemv_nk 5.11, fused 7.88
+/ 11.62 (128 / 256 blocks): the gap to gemv_nk is not the weight stream. My reading (not proven): it grows with the
+number of blocks updating each address (every block updates all H outputs; 24-31 ns a block from 128 to 256 to
+512 blocks, though the columns a warp change along that series too), updates to one L2 line from many SMs being
+applied one after another (plain stores grew too). A reduction among a thread block cluster's blocks in
+distributed shared memory first (8 blocks a cluster: 8x fewer updates an address) would be the next variant; the
+backend's launches set no cluster dimensions today. Kept as the probe.
 """
 from __future__ import annotations
 
@@ -116,7 +119,6 @@ def kernel_source(H: int, F: int, cpw: int, rs: int, add: str = "red4") -> tuple
         a("    cuda.syncthreads()")
         a("    if rg == 0:")
         for e in range(8):
-            a(f"        t = y{e}")
             for r in range(rs - 1):
                 a(f"        y{e} += part[{r}, cv * 8 + {e}]")
         ind = "        "
@@ -178,8 +180,8 @@ def make_kernel(H, F, cpw, rs, add="red4"):
 
     @intrinsic
     def _ld128(typingctx, arr, idx):
-        """The 4 words at element idx of arr: one ld.global.v4.u32 (a side effect, so that it stays below
-        griddepcontrol.wait where it is written there; no memory clobber, as the templates' loads)."""
+        """The 4 words at element idx of arr: one ld.global.v4.u32 (no memory clobber, as the templates' loads; a
+        side effect, as theirs with programmatic launch, though every one here sits above griddepcontrol.wait)."""
         sig = types.UniTuple(types.uint32, 4)(arr, idx)
 
         def codegen(context, builder, sig, args):
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
                     help="fused variants: columns a warp, row groups (cpw,rs)")
     ap.add_argument("--add", nargs="*", default=["red4", "atomic"],
                     help="how a block adds its partial y: red4 (red.global.add.v4.f32), atomic (cuda.atomic.add "
-                         "per value), store (plain stores: wrong sums, the time without the additions)")
+                         "per value), store (plain 4-byte stores: wrong sums, the time without the additions)")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--same", action="store_true",
                     help="every layer reads layer 0's weights (L2-resident): the chains' time without HBM")
@@ -267,6 +269,7 @@ def main(argv=None) -> int:
     b_dn = [cupy.zeros(H, cupy.float32)] + [cupy.asarray(raw[wl(layer)][3]) for layer in range(L)]
     accs = cupy.zeros((L + 1, H), cupy.float32)
     accs[0] = cupy.asarray(x0.astype(np.float32))
+    cupy.cuda.Device().synchronize()       # the above on CuPy's stream, the launches on the backend's
     for cfg, add in ((c, a) for c in args.configs for a in args.add):
         cpw, rs = (int(v) for v in cfg.split(","))
         label = f"{cfg} {add}"

@@ -191,8 +191,8 @@ GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every g
 # it fetches each byte twice when L2 cannot hold two GEMVs' weights. The first 2 MB (0.5 MB: the same) gained at
 # every size, 2 rounds each: XL-size 1.568 -> 1.547, medium 0.436-0.441 -> 0.434, small 0.209 -> 0.207-0.208.
 # Nor does more pay while attention runs, when HBM looks idle (session 24, B1 x 64 ms/step): the output projection's
-# gemv_nk (resident during attention) asking for 8 MB or all of the up projection's weight, medium 0.434-0.435 ->
-# 0.443-0.445, small even; attention itself asking for all of it once its own loads are out (its blocks of the
+# gemv_nk (resident during attention) asking for all of the up projection's weight (8 MB medium, 4.5 small; 2
+# runs), medium 0.434-0.435 -> 0.443-0.445, small even; attention itself asking for all of it once its own loads are out (its blocks of the
 # rows' first split, 4 KB pieces), medium 0.434 -> 0.497-0.501, small 0.202 -> 0.222. My reading: the traffic
 # queued then delays the loads on the step's critical path (attention's, the output projection's).
 # sm_90 and later only (the instruction); the simulator runs a twin that checks each piece's range.
