@@ -109,7 +109,7 @@ def has_avx512_bf16() -> bool:
 
 
 def _feature_on(features: str, name: str) -> bool:
-    """Whether an LLVM feature string ("+avx2,-avx512bf16,..." ) turns `name` on."""
+    """Whether an LLVM feature string ("+avx2,-avx512bf16,...") turns `name` on."""
     return f"+{name}" in (f.strip() for f in features.split(","))
 
 
