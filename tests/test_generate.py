@@ -116,7 +116,12 @@ def test_16bit_weights_greedy_matches_hugging_face_on_the_rounded_weights(name, 
 def test_16bit_logits_are_hugging_face_logits_of_the_rounded_model(batch, seq, dtype, sessions):
     """Tighter than tokens (tiny models' greedy tokens do not even move under float16 rounding): the logits of a
     16-bit session are HF's on the rounded model to float32 noise, and measurably away from the unrounded
-    model's."""
+    model's. bfloat16 sessions round each GEMM's input too (the reference's pre-hook does the same): where an
+    input lies within float32 noise of a rounding boundary, the two sides can round it to neighbouring bfloat16
+    values (2^-8 apart), and that difference travels on to the logits after it (on an AMD Zen 3, whose BLAS sums
+    in another order than the AVX512-BF16 kernel, 0.5% of the logits at batch 2 x 30, 18% at 3 x 20, the worst up
+    to 0.19 of the distance from the unrounded model over 22 shapes). So for bfloat16 the bulk (the median) is
+    held to float32 noise and the worst to half the distance from the unrounded model."""
     torch = pytest.importorskip("torch")
     mod = export_module()
     exact = mod.build_model("gpt2", "tiny", 0, "eager")
@@ -128,8 +133,14 @@ def test_16bit_logits_are_hugging_face_logits_of_the_rounded_model(batch, seq, d
         want, far = (m(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(feeds["attention_mask"]),
                        use_cache=False).logits.numpy() for m in (rounded, exact))
     scale = np.abs(want).max()
-    assert np.abs(got - want).max() <= 2e-5 * scale
-    assert np.abs(got - far).max() > 10 * np.abs(got - want).max()
+    diff, away = np.abs(got - want), np.abs(got - far)
+    if dtype == "float16":
+        assert diff.max() <= 2e-5 * scale
+        assert away.max() > 10 * diff.max()
+    else:
+        assert np.median(diff) <= 2e-5 * scale
+        assert diff.max() <= 0.5 * away.max()
+        assert np.median(away) > 10 * max(np.median(diff), 1e-7 * scale)
 
 
 def test_pad_columns_are_never_read(sessions):
