@@ -145,6 +145,7 @@ def make_kernel(H, F, cpw, rs, add="red4"):
     from numba.core.extending import intrinsic
 
     f = _intrinsics()
+    addr = f["addr"]        # the global address of an array's element, as an i64
 
     @intrinsic
     def _r16(typingctx, x):
@@ -164,11 +165,8 @@ def make_kernel(H, F, cpw, rs, add="red4"):
         sig = types.none(arr, idx, a0, a1, a2, a3)
 
         def codegen(context, builder, sig, args):
-            from numba.core import cgutils
             i64 = ir.IntType(64)
-            data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
-            off = builder.mul(context.cast(builder, args[1], sig.args[1], types.int64), ir.Constant(i64, 4))
-            p = builder.add(builder.ptrtoint(data, i64), off)
+            p = addr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
             vals = [context.cast(builder, v, t, types.float32) for v, t in zip(args[2:], sig.args[2:])]
             fty = ir.FunctionType(ir.VoidType(), [i64] + [ir.FloatType()] * 4)
             asm = ir.InlineAsm(fty, "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
@@ -185,15 +183,10 @@ def make_kernel(H, F, cpw, rs, add="red4"):
         sig = types.UniTuple(types.uint32, 4)(arr, idx)
 
         def codegen(context, builder, sig, args):
-            from numba.core import cgutils
-            i64 = ir.IntType(64)
-            data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
-            size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
-            off = builder.mul(context.cast(builder, args[1], sig.args[1], types.int64), ir.Constant(i64, size))
-            fty = ir.FunctionType(ir.LiteralStructType([ir.IntType(32)] * 4), [i64])
+            fty = ir.FunctionType(ir.LiteralStructType([ir.IntType(32)] * 4), [ir.IntType(64)])
             asm = ir.InlineAsm(fty, "{\n.reg .u64 g;\ncvta.to.global.u64 g, $4;\nld.global.v4.u32 {$0, $1, $2, $3}, "
                                     "[g];\n}", "=r,=r,=r,=r,l", side_effect=True)
-            words = builder.call(asm, [builder.add(builder.ptrtoint(data, i64), off)])
+            words = builder.call(asm, [addr(context, builder, sig.args[0], args[0], sig.args[1], args[1])])
             return context.make_tuple(builder, sig.return_type, [builder.extract_value(words, j) for j in range(4)])
         return sig, codegen
 

@@ -150,7 +150,7 @@ def _intrinsics():
             return builder.call(ir.InlineAsm(fty, "cvt.rn.f16.f32 $0, $1;", "=h,f"), [v])
         return sig, codegen
 
-    return dict(cp_async16=cp_async16, ld128=ld128, arrive=arrive, poll_at=poll_at, unpack2=unpack2,
+    return dict(addr=addr, cp_async16=cp_async16, ld128=ld128, arrive=arrive, poll_at=poll_at, unpack2=unpack2,
                 to_half_bits=to_half_bits, commit=bare("cp.async.commit_group;"),
                 wait_all=bare("cp.async.wait_all;"), bare=bare)
 
