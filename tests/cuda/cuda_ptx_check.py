@@ -49,7 +49,8 @@ def cases(quick=False):
         yield c
 
 
-PDL_OPS = ("gemv_nk", "gemv_tc", "gemv_mma", "attention_vec", "attention_mma", "argmax", "add_layer_norm", "embedding", "linear_epilogue")
+PDL_OPS = ("gemv_nk", "gemv_tc", "gemv_mma", "attention_vec", "attention_mma", "argmax", "add_layer_norm",
+           "embedding", "linear_epilogue", "copy_cols")
 
 
 def _cases():
@@ -83,6 +84,7 @@ def _plain_cases():
                 [a2, a2, "float32[::1]", "float32[::1]", a2, a2]
             yield dt, "rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, "float32[::1]", a2]
             yield dt, "add_rms_norm", dict(hidden=E, threads=threads, epsilon=1e-6), [a2, a2, "float32[::1]", a2, a2]
+        yield dt, "copy_cols", dict(width=50257, threads=256, unroll=4), [f"{S}[:, ::1]", a2]
         for act in ("none", "relu", "silu", "gelu_tanh", "gelu_erf"):
             for width in (3072, 1000):
                 yield dt, "linear_epilogue", dict(width=width, activation=act, has_bias=True, threads=256, unroll=4), \

@@ -459,3 +459,20 @@ def test_gemv_nk_prefetch_only_where_the_card_has_it(where, monkeypatch):
     assert CudaBackend("float16", verbose=False).gemv_prefetch
     monkeypatch.setenv("EETJIT_GEMV_PREFETCH", "0")
     assert not CudaBackend("float16", verbose=False).gemv_prefetch
+
+
+@SETTINGS
+@given(M=st.integers(1, pick(4, 40)), N=st.integers(1, pick(70, 3000)), pad=st.integers(0, 70), dtype=DTYPES,
+       seed=seeds)
+def test_copy_cols_takes_the_first_columns_of_each_row(where, M, N, pad, dtype, seed):
+    """copy_cols.py.j2 (a GEMM's padded result into a Linear's output: the LM head's logits): y = x[:, :N], exact,
+    for any width (a last block partly past N) and padding, against NumPy's slice."""
+    backend = get_backend(dtype)
+    rng = np.random.default_rng(seed)
+    x = values(rng, (M, N + pad))
+    y = backend.empty((M, N))
+    backend._kernels.clear()
+    backend._copy_cols(y, backend.dev.upload(x, backend.dtype))
+    got = np.asarray(backend.to_host(y), np.float32)
+    np.testing.assert_array_equal(got, rounded(x, dtype)[:, :N])
+    assert [memo[0] for memo in backend._kernels] == ["copy_cols"]
