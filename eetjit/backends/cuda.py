@@ -299,6 +299,7 @@ GEMV_MMA_SMEM = 46 * 1024
 # The LM head's vocabulary (or any odd GEMM width) is padded to a multiple of this: cuBLAS is several times
 # slower on odd N (GPU.md), and the padded columns cost nothing to read back.
 GEMM_N_ALIGN = 64
+COPY_COLS_MAX_ROW_BLOCKS = 65535   # copy_cols's grid rows (CUDA's limit on gridDim.y); past it a block takes more rows
 SCRATCH_SHAPES = 2              # shapes kept per op and scratch name (LRU): the prompt's and the decode step's
 VIEW_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
@@ -1043,18 +1044,13 @@ class CudaBackend:
         return K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N, tied_head)
 
     def _copy_cols(self, y_MN, x_MP) -> None:
-        """y[M, N] = x[:, :N] (a GEMM's padded result into the node's output) by copy_cols.py.j2, a block per 1024
-        columns of a row (an LM head's 32 x 50257 logits: CuPy's strided copy took 8.9 us of a B32 decode step on
-        the H200, session 25); CuPy's copy past the grid's row limit or for a strided y."""
+        """y[M, N] = x[:, :N] (a GEMM's padded result into the node's contiguous output) by copy_cols.py.j2, a block
+        per 1024 columns of a row, more rows a block past COPY_COLS_MAX_ROW_BLOCKS (an LM head's 32 x 50257 logits:
+        CuPy's strided copy took 8.9 us of a B32 decode step on the H200, this kernel 4.3; session 25)."""
         M, N = y_MN.shape
-        if M == 0:
-            return
-        if M > 65535 or not y_MN.flags.c_contiguous:
-            self.dev.copy(y_MN, x_MP[:, :N])
-            return
         threads, unroll = ELEMENTWISE_THREADS[self.mode], EPILOGUE_UNROLL[self.mode]
         kern = self.kernel("copy_cols", width=N, threads=threads, unroll=unroll)
-        self.dev.launch(kern, (-(-N // (threads * unroll)), M), threads, x_MP, y_MN)
+        self.dev.launch(kern, (-(-N // (threads * unroll)), min(M, COPY_COLS_MAX_ROW_BLOCKS)), threads, x_MP, y_MN)
 
     def _epilogue(self, epilogue, y_MN):
         if epilogue is None or y_MN.size == 0:

@@ -462,15 +462,17 @@ def test_gemv_nk_prefetch_only_where_the_card_has_it(where, monkeypatch):
 
 
 @SETTINGS
-@given(M=st.integers(1, pick(4, 40)), N=st.integers(1, pick(70, 3000)), pad=st.integers(0, 70), dtype=DTYPES,
-       seed=seeds)
-def test_copy_cols_takes_the_first_columns_of_each_row(where, M, N, pad, dtype, seed):
+@given(M=st.integers(1, pick(4, 40)), N=st.integers(1, pick(70, 3000)), pad=st.integers(0, 70),
+       row_blocks=st.sampled_from([2, 65535]), dtype=DTYPES, seed=seeds)
+def test_copy_cols_takes_the_first_columns_of_each_row(where, monkeypatch, M, N, pad, row_blocks, dtype, seed):
     """copy_cols.py.j2 (a GEMM's padded result into a Linear's output: the LM head's logits): y = x[:, :N], exact,
-    for any width (a last block partly past N) and padding, against NumPy's slice."""
+    for any width (a last block partly past N) and padding, every element written (y starts as NaN), with a grid of
+    at most `row_blocks` rows of blocks (2: blocks take several rows, as past CUDA's 65535), against NumPy's slice."""
+    monkeypatch.setattr("eetjit.backends.cuda.COPY_COLS_MAX_ROW_BLOCKS", row_blocks)
     backend = get_backend(dtype)
     rng = np.random.default_rng(seed)
     x = values(rng, (M, N + pad))
-    y = backend.empty((M, N))
+    y = backend.dev.upload(np.full((M, N), np.nan, np.float32), backend.dtype)
     backend._kernels.clear()
     backend._copy_cols(y, backend.dev.upload(x, backend.dtype))
     got = np.asarray(backend.to_host(y), np.float32)
