@@ -192,9 +192,10 @@ GEMV_NK_CPG_ENV = "EETJIT_GEMV_NK_CPG"   # A/B knob: columns a group for every g
 # every size, 2 rounds each: XL-size 1.568 -> 1.547, medium 0.436-0.441 -> 0.434, small 0.209 -> 0.207-0.208.
 # Nor does more pay while attention runs, when HBM looks idle (session 24, B1 x 64 ms/step): the output projection's
 # gemv_nk (resident during attention) asking for all of the up projection's weight (8 MB medium, 4.5 small; 2
-# runs), medium 0.434-0.435 -> 0.443-0.445, small even; attention itself asking for all of it once its own loads are out (its blocks of the
-# rows' first split, 4 KB pieces), medium 0.434 -> 0.497-0.501, small 0.202 -> 0.222. My reading: the traffic
-# queued then delays the loads on the step's critical path (attention's, the output projection's).
+# runs), medium 0.434-0.435 -> 0.443-0.445, small even; attention itself asking for all of it once its own loads
+# are out (its blocks of the rows' first split, 4 KB pieces), medium 0.434 -> 0.497-0.501, small 0.202 -> 0.222.
+# My reading: the traffic queued then delays the loads on the step's critical path (attention's, the output
+# projection's).
 # sm_90 and later only (the instruction); the simulator runs a twin that checks each piece's range.
 GEMV_PREFETCH_ENV = "EETJIT_GEMV_PREFETCH"      # "0": no prefetch (A/B)
 GEMV_PREFETCH_MB = 2.0
