@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,9 +41,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-INSTRUMENTED = ("gemv_nk", "attention_vec")
+INSTRUMENTED = ("gemv_nk", "gemv_mma", "attention_vec")
 # stamp slots; gemv_nk writes start, wait, end; attention_vec's "loop" is just before attention_finish (after the loop,
-# the step's own column and the warp exchange merge)
+# the step's own column and the warp exchange merge); gemv_mma's "tiles" is warp 0's last mma issued and returned,
+# its "loop" the warps' tiles added in shared memory, "merged" its k range's partials stored (ksplit > 1)
 COLUMNS = ("start", "wait", "loop", "merged", "counted", "end", "q", "tiles")
 
 _TIMER = '''
@@ -95,6 +97,30 @@ def stamped_templates(dest: Path) -> Path:
     with open(cuda / "gemv_nk.py.j2", "a") as f:
         f.write("    cuda.syncthreads()\n" + stamp.format(blk="cuda.blockIdx.x", col=0, val="gt0")
                 + "        stamps[cuda.blockIdx.x, 1] = gt1\n        stamps[cuda.blockIdx.x, 5] = _gtime()\n")
+    mma = cuda / "gemv_mma.py.j2"
+    text, n = re.subn(r"^(def kernel\(.*)\):$", r"\1, stamps):", mma.read_text(), flags=re.M)
+    if n != 5:
+        raise SystemExit(f"stamp_probe: gemv_mma.py.j2 has {n} kernel signatures (expected 5): update the probe")
+    mma.write_text(text)
+    sbm = "cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x"
+    _edit(mma, [
+        ("{{ m.mma_fns() }}\n", "{{ m.mma_fns() }}\n" + _TIMER, 1),
+        ("    {{ m.pdl_enter(wait=False) | indent(4) }}\n",
+         "    {{ m.pdl_enter(wait=False) | indent(4) }}\n    gt0 = _gtime()\n", 1),
+        ("    {{ m.pdl_wait() | indent(4) }}\n", "    {{ m.pdl_wait() | indent(4) }}\n    gt1 = _gtime()\n", 1),
+        ("    # tile (i, j) holds y^T at columns",
+         "    if tid == 0 and c0_0[0] != float32(-7.7e33):\n        stamps[" + sbm + ", 7] = _gtime()\n"
+         "    # tile (i, j) holds y^T at columns", 1),
+        ("    # this thread's outputs q (unrolled",
+         "    if tid == 0:\n        stamps[" + sbm + ", 0] = gt0\n        stamps[" + sbm + ", 1] = gt1\n"
+         "        stamps[" + sbm + ", 2] = _gtime()\n    # this thread's outputs q (unrolled", 1),
+        ("    {{ m.count_block(\"count_T\", \"ct\", ksplit - 1) | indent(4) }}\n    if last[0] == 0:\n        return\n",
+         "    if tid == 0:\n        stamps[" + sbm + ", 3] = _gtime()\n"
+         "    {{ m.count_block(\"count_T\", \"ct\", ksplit - 1) | indent(4) }}\n    if last[0] == 0:\n"
+         "        if tid == 0:\n            stamps[" + sbm + ", 5] = _gtime()\n        return\n", 1),
+    ])
+    with open(mma, "a") as f:
+        f.write("\n    cuda.syncthreads()\n    if tid == 0:\n        stamps[" + sbm + ", 5] = _gtime()\n")
     blk = "sb"
     _edit(cuda / "attention_vec.py.j2", [
         ("{% import \"_macros.j2\" as m with context %}",
@@ -212,11 +238,57 @@ def report(state: dict) -> list[dict]:
     return rows
 
 
+def timeline(state: dict) -> list[tuple[str, dict]]:
+    """Each layer's kernels (the q/k/v GEMM, attention, output projection, up, down): per stamp, its earliest, median
+    and latest block in us after the previous kernel's last block ended, medians over the layers; also the blocks
+    that started after that end (they load their weights late)."""
+    log = state["log"]
+    starts = [i for i, (op, _) in enumerate(log) if op == "embedding"]
+    pool = state["pool"]
+    pool = pool.get() if hasattr(pool, "get") else np.asarray(pool)
+    step = [(op, key) for op, key in log[starts[-1]:] if op in INSTRUMENTED]
+    names = ("q/k/v", "attention", "out-proj", "up", "down")
+    per = {n: [] for n in names}
+    for j, (op, key) in enumerate(step):
+        if op != "attention_vec" or j < 2 or j + 3 >= len(step):
+            continue
+        prev_end = None
+        for n, (op2, key2) in zip(names, step[j - 1:j + 4]):
+            off, blocks = state["slots"][key2]
+            s = pool[off:off + blocks]
+            s = s[s[:, 5] > 0]
+            if prev_end is None:
+                off0, b0 = state["slots"][step[j - 2][1]]
+                s0 = pool[off0:off0 + b0]
+                prev_end = s0[s0[:, 5] > 0][:, 5].max()
+            row = {"blocks": float(len(s)), "late": float((s[:, 0] > prev_end).sum())}
+            for c, col in enumerate(COLUMNS):
+                v = s[:, c][s[:, c] > 0]
+                if len(v):
+                    row[col] = ((v.min() - prev_end) / 1e3, (np.median(v) - prev_end) / 1e3,
+                                (v.max() - prev_end) / 1e3)
+            per[n].append(row)
+            prev_end = s[:, 5].max()
+    out = []
+    for n in names:
+        rows = per[n]
+        if not rows:
+            continue
+        agg = {"blocks": np.median([r["blocks"] for r in rows]), "late": np.median([r["late"] for r in rows])}
+        for col in COLUMNS:
+            vals = [r[col] for r in rows if col in r]
+            if vals:
+                agg[col] = tuple(float(np.median([v[i] for v in vals])) for i in range(3))
+        out.append((n, agg))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="the session's cache capacity (default context + new + 8 + 128, as bench_more.py's "
                          "one-row sections: the capacity sets the attention's splits)")
@@ -227,19 +299,30 @@ def main(argv=None) -> int:
         import eetjit
         state = {"ops": {}, "log": [], "pool": None, "slots": {}, "off": 0}
         _install(state)
-        sess = eetjit.compile(args.model, device="cuda", dtype="float16", verbose=False, max_batch=1,
+        sess = eetjit.compile(args.model, device="cuda", dtype="float16", verbose=False, max_batch=args.batch,
                               max_seq_len=args.max_seq_len or args.context + args.new + 8 + 128)
         vocab = sess.structure.vocab
-        prompt = [[int(t) for t in np.random.default_rng(0).integers(0, vocab, args.context)]]
+        rng = np.random.default_rng(0)
+        prompt = [[int(t) for t in rng.integers(0, vocab, args.context)] for _ in range(args.batch)]
         sess.generate(prompt, max_new_tokens=args.new)
-        rows = report(state)
-    if not rows:
+        rows = report(state) if args.batch == 1 else []
+        lines = timeline(state)
+    if not lines:
         print("no stamps (the CUDA simulator writes none)")
         return 0
-    print(f"{len(rows)} layers, us after the q/k/v GEMV's last block ended (median [min, max]):")
-    for k in rows[0]:
-        v = np.array([r[k] for r in rows if k in r]) / 1e3
-        print(f"  {k:22s} {np.median(v):7.2f}  [{v.min():6.2f}, {v.max():6.2f}]")
+    if rows:
+        print(f"{len(rows)} layers, us after the q/k/v GEMV's last block ended (median [min, max]):")
+        for k in rows[0]:
+            v = np.array([r[k] for r in rows if k in r]) / 1e3
+            print(f"  {k:22s} {np.median(v):7.2f}  [{v.min():6.2f}, {v.max():6.2f}]")
+    print(f"B{args.batch} x {args.context}: each kernel of a layer, us after the previous kernel's last block ended "
+          "(first / median / last block; medians over the layers):")
+    for n, agg in lines:
+        print(f"  {n}: {agg['blocks']:.0f} blocks, {agg['late']:.0f} started after that end")
+        for col in COLUMNS:
+            if col in agg:
+                a, b, c = agg[col]
+                print(f"    {col:8s} {a:7.2f} {b:7.2f} {c:7.2f}")
     return 0
 
 
