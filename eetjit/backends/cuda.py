@@ -610,7 +610,10 @@ class CudaBackend:
             gamma_of, beta_of = (lambda inputs: ones), (lambda inputs: None)
 
             def colsum_dev():
-                return self._upload_const(colsum(), np.float32) if kind == "layer" else self._dummy1()
+                # a plain copy (no cast kernel on the device): gemv_nk and gemv_mma read the sums before their
+                # programmatic-launch wait, where a kernel just before them in the stream may not have finished
+                return (self._upload_const(colsum(), np.float32, device_cast=False) if kind == "layer"
+                        else self._dummy1())
         has_beta = kind == "layer" and beta is not None
 
         def run_norm_linear(x, bx, inputs, out, s=None):
@@ -1004,6 +1007,9 @@ class CudaBackend:
                 raise CaptureError("the GEMV's [N, K] weight copy was made while capturing a CUDA graph")
             gemm.W_NK = self.dev.empty((N, K), self.dtype)
             self.dev.copy(gemm.W_NK, gemm.W_KN[:, :N].T)
+            # gemv_nk and gemv_tc read the copy before their programmatic-launch wait, and the copy kernel queued
+            # just before them may not have finished there: wait for it (once per weight, never in a capture)
+            self.dev.synchronize()
         return gemm.W_NK
 
     def _tc_fits(self, x_MK, N) -> bool:
@@ -1550,11 +1556,14 @@ class CudaBackend:
         return run
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def _upload_const(self, arr, dtype, how: str = "", transform=None, pad_cols: int | None = None):
+    def _upload_const(self, arr, dtype, how: str = "", transform=None, pad_cols: int | None = None,
+                      device_cast: bool = True):
         """The device copy of a constant (converted, optionally transformed, its last axis zero-padded to
         `pad_cols`), uploaded once per backend: the session's plans (run and generate) share it. Float data bound
-        for float16/float32 on a GPU is converted (and padded) on the device (Device.upload_cast); float16 data
-        bound for float16 (a folded weight, a float16 model) is copied as it is."""
+        for float16/float32 on a GPU is converted (and padded) on the device (Device.upload_cast) unless
+        `device_cast` is false (converted on the host, then a plain copy: what a kernel reading the constant
+        before its programmatic-launch wait needs when the upload is queued just before it); float16 data bound
+        for float16 (a folded weight, a float16 model) is copied as it is."""
         key = (id(arr), np.dtype(dtype).str, how)
         hit = self._consts.get(key)
         if hit is not None and hit[0] is arr:
@@ -1563,7 +1572,7 @@ class CudaBackend:
         if transform is not None:
             host = transform(host)
         half = host.dtype == np.dtype(dtype) and host.dtype != np.float32     # already in the half type: as is
-        if (host.dtype.kind == "f" and not half and not self.dev.simulated
+        if (device_cast and host.dtype.kind == "f" and not half and not self.dev.simulated
                 and np.dtype(dtype) in (np.float16, np.float32)):
             dev = self.dev.upload_cast(host, dtype, pad_cols)
         else:
