@@ -18,10 +18,10 @@ tiles.
 How: the templates are copied to a temporary folder and the copies edited (each edit anchored on the template's
 text: a template that no longer has the anchor stops the probe with its name), then used through
 EETJIT_TEMPLATES_DIR; a wrapper of Device.launch appends a slice of one int64 stamp array to each launch of those
-two kernels (the same slice for the same arguments, so the captured graph writes where the eager run did).
-Cubins are launched through Numba (EETJIT_DIRECT_LAUNCH=0). After a greedy generate of B1 x 64 + `--new`, the
-last captured step's stamps are read back: per layer, each stamp's earliest or latest block, in us after the
-q/k/v GEMV's last block ended (medians, min and max over the layers). The stamps add a store and a barrier a
+three kernels (the same slice for the same arguments, so the captured graph writes where the eager run did).
+Cubins are launched through Numba (EETJIT_DIRECT_LAUNCH=0). After a greedy generate of `--batch` x `--context` +
+`--new` (default B1 x 64), the last captured step's stamps are read back: at one row, per layer, each stamp's
+earliest or latest block, in us after the q/k/v GEMV's last block ended (medians, min and max over the layers). The stamps add a store and a barrier a
 block, so the figures are differences within a run, not kernel times to compare with other runs.
 
 Measured (H200; benchmarks/gpu/NOTES.md). Session 22, a cache of 136 columns (3 splits, every one taking part):
