@@ -610,10 +610,7 @@ class CudaBackend:
             gamma_of, beta_of = (lambda inputs: ones), (lambda inputs: None)
 
             def colsum_dev():
-                # a plain copy (no cast kernel on the device): gemv_nk and gemv_mma read the sums before their
-                # programmatic-launch wait, where a kernel just before them in the stream may not have finished
-                return (self._upload_const(colsum(), np.float32, device_cast=False) if kind == "layer"
-                        else self._dummy1())
+                return self._upload_const(colsum(), np.float32) if kind == "layer" else self._dummy1()
         has_beta = kind == "layer" and beta is not None
 
         def run_norm_linear(x, bx, inputs, out, s=None):
@@ -1556,14 +1553,14 @@ class CudaBackend:
         return run
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def _upload_const(self, arr, dtype, how: str = "", transform=None, pad_cols: int | None = None,
-                      device_cast: bool = True):
+    def _upload_const(self, arr, dtype, how: str = "", transform=None, pad_cols: int | None = None):
         """The device copy of a constant (converted, optionally transformed, its last axis zero-padded to
         `pad_cols`), uploaded once per backend: the session's plans (run and generate) share it. Float data bound
-        for float16/float32 on a GPU is converted (and padded) on the device (Device.upload_cast) unless
-        `device_cast` is false (converted on the host, then a plain copy: what a kernel reading the constant
-        before its programmatic-launch wait needs when the upload is queued just before it); float16 data bound
-        for float16 (a folded weight, a float16 model) is copied as it is."""
+        for float16/float32 on a GPU is converted (and padded) on the device (Device.upload_cast), and the host
+        waits for that conversion: kernels read constants before their programmatic-launch wait (weights, biases,
+        a folded norm's column sums), where a cast kernel queued just before them may not have finished (a
+        constant made at its first use, as the column sums are). float16 data bound for float16 (a folded weight,
+        a float16 model) is copied as it is (a copy, which no launch overtakes)."""
         key = (id(arr), np.dtype(dtype).str, how)
         hit = self._consts.get(key)
         if hit is not None and hit[0] is arr:
@@ -1572,9 +1569,10 @@ class CudaBackend:
         if transform is not None:
             host = transform(host)
         half = host.dtype == np.dtype(dtype) and host.dtype != np.float32     # already in the half type: as is
-        if (device_cast and host.dtype.kind == "f" and not half and not self.dev.simulated
+        if (host.dtype.kind == "f" and not half and not self.dev.simulated
                 and np.dtype(dtype) in (np.float16, np.float32)):
             dev = self.dev.upload_cast(host, dtype, pad_cols)
+            self.dev.synchronize()
         else:
             if pad_cols is not None:
                 host = _pad_cols(host, pad_cols)
