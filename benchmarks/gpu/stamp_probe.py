@@ -202,13 +202,12 @@ def _install(state: dict) -> None:
     CD.Device.launch = launch_
 
 
-def report(state: dict) -> list[dict]:
-    """Per layer (each attention_vec with the GEMVs before and after it), us after the q/k/v GEMV's last block."""
+def _last_step(state: dict):
+    """The last decode step's instrumented launches [(op, key)], and key -> the stamps of that launch's blocks."""
     log = state["log"]
     starts = [i for i, (op, _) in enumerate(log) if op == "embedding"]
     if not starts or state["pool"] is None:
         raise SystemExit("stamp_probe: no decode step was launched")
-    step = [(op, key) for op, key in log[starts[-1]:] if op in INSTRUMENTED]
     pool = state["pool"]
     pool = pool.get() if hasattr(pool, "get") else np.asarray(pool)
 
@@ -216,7 +215,12 @@ def report(state: dict) -> list[dict]:
         off, blocks = state["slots"][key]
         s = pool[off:off + blocks]
         return s[s[:, 5] > 0]             # blocks that left early (idle splits) wrote no end
+    return [(op, key) for op, key in log[starts[-1]:] if op in INSTRUMENTED], stamps
 
+
+def report(state: dict) -> list[dict]:
+    """Per layer (each attention_vec with the GEMVs before and after it), us after the q/k/v GEMV's last block."""
+    step, stamps = _last_step(state)
     rows = []
     for j, (op, key) in enumerate(step):
         if op != "attention_vec" or j == 0 or j + 1 >= len(step):
@@ -251,25 +255,15 @@ def timeline(state: dict) -> list[tuple[str, dict]]:
     """Each layer's kernels (the q/k/v GEMM, attention, output projection, up, down): per stamp, its earliest, median
     and latest block in us after the previous kernel's last block ended, medians over the layers; also the blocks
     that started after that end (they load their weights late)."""
-    log = state["log"]
-    starts = [i for i, (op, _) in enumerate(log) if op == "embedding"]
-    pool = state["pool"]
-    pool = pool.get() if hasattr(pool, "get") else np.asarray(pool)
-    step = [(op, key) for op, key in log[starts[-1]:] if op in INSTRUMENTED]
+    step, stamps = _last_step(state)
     names = ("q/k/v", "attention", "out-proj", "up", "down")
     per = {n: [] for n in names}
     for j, (op, key) in enumerate(step):
         if op != "attention_vec" or j < 2 or j + 3 >= len(step):
             continue
-        prev_end = None
-        for n, (op2, key2) in zip(names, step[j - 1:j + 4]):
-            off, blocks = state["slots"][key2]
-            s = pool[off:off + blocks]
-            s = s[s[:, 5] > 0]
-            if prev_end is None:
-                off0, b0 = state["slots"][step[j - 2][1]]
-                s0 = pool[off0:off0 + b0]
-                prev_end = s0[s0[:, 5] > 0][:, 5].max()
+        prev_end = stamps(step[j - 2][1])[:, 5].max()       # the previous layer's down projection
+        for n, (_, key2) in zip(names, step[j - 1:j + 4]):
+            s = stamps(key2)
             row = {"blocks": float(len(s)), "late": float((s[:, 0] > prev_end).sum())}
             for c, col in enumerate(COLUMNS):
                 v = s[:, c][s[:, c] > 0]
