@@ -264,11 +264,11 @@ t1 = time.perf_counter()
 # the time is the host's: compile + load + queueing.
 first = {}
 launch = cuda_device.Device.launch
-def timed_launch(self, kernel, *args):
+def timed_launch(self, kernel, *args, **kw):
     if kernel in first:
-        return launch(self, kernel, *args)
+        return launch(self, kernel, *args, **kw)
     t = time.perf_counter()
-    launch(self, kernel, *args)
+    launch(self, kernel, *args, **kw)
     first[kernel] = (getattr(kernel, "module_name", None) or getattr(kernel, "py_func", kernel).__module__,
                      time.perf_counter() - t)
 cuda_device.Device.launch = timed_launch

@@ -150,9 +150,9 @@ def stamped_templates(dest: Path) -> Path:
         ("{% if fused_write %}\n    if own_new:",
          "    if cuda.threadIdx.x == 0 and m_run != float32(7.7e33):\n        stamps[sb, 7] = _gtime()\n"
          "{% if fused_write %}\n    if own_new:", 1),
-        ("    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols) | indent(4) }}",
+        ("    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols, cl) | indent(4) }}",
          stamp.format(blk=blk, col=2, val="_gtime()")
-         + "    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols) | indent(4) }}\n"
+         + "    {{ m.attention_finish(heads, head_dim, slots, threads, split, single_cols, cl) | indent(4) }}\n"
          + "    cuda.syncthreads()\n" + stamp.format(blk=blk, col=5, val="_gtime()").rstrip("\n"), 1),
     ])
     # inside the merge (only for the stamped attention_vec: attention.py.j2 shares the macro)
@@ -164,6 +164,11 @@ def stamped_templates(dest: Path) -> Path:
          "    {{ count_block(\"count_R\", \"row\", \"n_act - 1\") | indent(4) }}\n"
          "{% if stamped is defined and stamped %}\n    if tid == 0:\n        stamps[sb, 4] = _gtime()\n{% endif %}\n",
          1),
+        # the cluster merge: before and after its barrier
+        ("_cluster_sync()\nif split == 0:\n",
+         "{% if stamped is defined and stamped %}\nif tid == 0:\n    stamps[sb, 3] = _gtime()\n{% endif %}\n"
+         "_cluster_sync()\n{% if stamped is defined and stamped %}\nif tid == 0:\n    stamps[sb, 4] = _gtime()\n"
+         "{% endif %}\nif split == 0:\n", 1),
     ])
     return dest
 
@@ -183,7 +188,7 @@ def _install(state: dict) -> None:
         data = getattr(a, "data", None)
         return getattr(data, "ptr", None) or (a.ctypes.data if isinstance(a, np.ndarray) else repr(a))
 
-    def launch_(self, kern, grid, block, *args):
+    def launch_(self, kern, grid, block, *args, cluster=0):
         op = ops.get(id(kern), "?")
         key = (id(kern),) + tuple(ptr(a) for a in args)
         state["log"].append((op, key))
@@ -196,7 +201,7 @@ def _install(state: dict) -> None:
                 state["off"] += blocks
             off, blocks = state["slots"][key]
             args = args + (state["pool"][off:off + blocks],)
-        return launch(self, kern, grid, block, *args)
+        return launch(self, kern, grid, block, *args, cluster=cluster)
 
     C.CudaBackend.kernel = kernel_
     CD.Device.launch = launch_

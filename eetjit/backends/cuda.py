@@ -105,6 +105,12 @@ ATTENTION_MIN_CHUNK_ENV = "EETJIT_ATTENTION_MIN_CHUNK"   # A/B knob: overrides A
 # where every split takes part and the kernel shares the row's live columns out evenly (not by the capacity).
 ATTENTION_SINGLE_COLS = {"gpu": 256, "sim": 4}
 ATTENTION_DYNAMIC_SPLITS = {"gpu": 4, "sim": 2}
+# The fixed scheme's splits of a row (at most ATTENTION_CLUSTER_MAX, the portable cluster size) run as one
+# thread-block cluster where the device launches clusters (sm_90): each block stores its merge into block 0's
+# shared memory and block 0 merges them after a cluster barrier, in place of partials in global memory, a fence,
+# a count and the last block's loads. EETJIT_ATTENTION_CLUSTER=0 keeps the global-memory merge (A/B).
+ATTENTION_CLUSTER_MAX = 8
+ATTENTION_CLUSTER_ENV = "EETJIT_ATTENTION_CLUSTER"
 # many queries per (b, h) (a prompt, an encoder batch): the tiled kernel (attention_tiled.py.j2) from this many rows
 # on; lanes per warp, warps per block, query rows per warp, and key columns per shared-memory tile by head dim
 ATTENTION_TILE_MIN_ROWS = {"gpu": 16, "sim": 3}
@@ -390,6 +396,7 @@ class CudaBackend:
         self.gemv_tied_head = _env_flag(GEMV_TIED_HEAD_ENV)
         self.attention_fused_write = _env_flag(FUSED_WRITE_ENV)
         self.attention_vec = _env_flag(ATTENTION_VEC_ENV)
+        self.attention_cluster = _env_flag(ATTENTION_CLUSTER_ENV) and self.dev.clusters
         self.attention_vec_tune = _env_tune(ATTENTION_VEC_TUNE_ENV, dict(
             threads=ATTENTION_VEC_THREADS[self.mode], unroll=ATTENTION_UNROLL[self.mode],
             unroll_many=ATTENTION_VEC_UNROLL_MANY[self.mode], blocks_per_sm=ATTENTION_VEC_BLOCKS_PER_SM[self.mode],
@@ -1269,10 +1276,10 @@ class CudaBackend:
                 and all(self.dev.simulated or _ptr(c) % 16 == 0 for c in cache))
 
     def _attention_kernels(self, H, Hkv, D, scale, layout, causal, split, fused_write=False, vec=False,
-                           single_cols=0, rows=1):
+                           single_cols=0, rows=1, cluster=0):
         """(kernel, threads) of the rows attention (attention_vec.py.j2 with vec); single_cols > 0: the kernel sizes
         its splits by the row's live columns (attention_active_splits in _macros.j2); rows: the launch's query
-        rows (B * S * H)."""
+        rows (B * S * H); cluster > 0 (vec only): the splits, launched as one cluster a row."""
         if vec:
             tune = self.attention_vec_tune
             lanes = min(32, 1 << (D // self.per_load - 1).bit_length())
@@ -1283,7 +1290,7 @@ class CudaBackend:
             kern = self.kernel("attention_vec", heads=H, kv_heads=Hkv, head_dim=D, scale=scale, lanes=lanes,
                                groups=groups, unroll=unroll, split=split,
                                pipeline=bool(tune["pipeline"]) and not few,
-                               fused_write=fused_write, single_cols=single_cols)
+                               fused_write=fused_write, single_cols=single_cols, cluster=cluster)
             return kern, lanes * groups
         lanes = ATTENTION_LANES_SIM if self.dev.simulated else _table(ATTENTION_LANES_GPU, D)
         groups = ATTENTION_GROUPS[self.mode]
@@ -1419,9 +1426,15 @@ class CudaBackend:
         splits, chunk = self.attention_launch(S * B * H, max_cols,
                                               self.attention_vec_tune["blocks_per_sm"] if vec else None)
         dynamic = splits >= self.attention_dynamic_splits
+        cluster = splits if (vec and self.attention_cluster and 1 < splits <= ATTENTION_CLUSTER_MAX
+                             and not dynamic) else 0
         kern, threads = self._attention_kernels(H, Hkv, D, scale, layout, causal, splits > 1, new_kv is not None,
-                                                vec, self.attention_single_cols if dynamic else 0, S * B * H)
-        if splits > 1:
+                                                vec, self.attention_single_cols if dynamic else 0, S * B * H,
+                                                cluster)
+        if cluster:
+            part_ml = part_acc = self._dummy_f32_5()
+            count = self._dummy("c1", (1,), np.int32)
+        elif splits > 1:
             part_ml = scratch.get("ml", (B, H, S, splits, 2), np.float32)
             part_acc = scratch.get("acc", (B, H, S, splits, D), np.float32)
             count = scratch.get("count", (B * H * S,), np.int32, zeros=True)     # reset by each row's last block
@@ -1430,7 +1443,7 @@ class CudaBackend:
             count = self._dummy("c1", (1,), np.int32)
         extra = list(new_kv) if new_kv is not None else ([self._dummy3(), self._dummy3()] if layout == "cache" else [])
         self.dev.launch(kern, (splits, S, B * H), threads, q, *kv_args, *bounds_args, chunk, y, part_ml, part_acc,
-                        count, *extra)
+                        count, *extra, cluster=cluster)
 
     def _prepare_Attention(self, node):
         H, Hkv, D, scale = _heads(node.attrs)

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -79,6 +80,7 @@ class Device:
             self.mma_sync = True          # the simulator's twins of the tensor-core instructions (templates)
             self.bulk_prefetch = True     # ... and of cp.async.bulk.prefetch.L2 (it checks each range)
             self._pdl_config = None
+            self._cluster_config = None
         else:
             try:
                 import cupy
@@ -96,13 +98,17 @@ class Device:
             # programmatic dependent launch (sm_90 and later; templates wait with griddepcontrol.wait)
             self._pdl_config = _pdl_launch_config(int(cupy.cuda.Device().compute_capability))
         self.pdl = not self.simulated and self._pdl_config is not None
+        if not self.simulated:
+            # thread-block cluster launches (sm_90 and later; attention_vec merges a row's splits in one)
+            self._cluster_config = _cluster_launch_config(int(cupy.cuda.Device().compute_capability), self.pdl)
+        self.clusters = self._cluster_config is not None
         # launches of cached cubins without Numba (cuda_direct); None: every launch goes through Numba
         self.direct = None
         if not self.simulated:
             from eetjit.backends import cuda_direct
             if cuda_direct.enabled():
                 try:
-                    self.direct = cuda_direct.Launcher(self.stream.ptr, self.pdl)
+                    self.direct = cuda_direct.Launcher(self.stream.ptr, self.pdl, self._cluster_config)
                 except Exception:   # noqa: BLE001 - no usable cuda.core: Numba launches everything
                     self.direct = None
 
@@ -282,7 +288,11 @@ class Device:
             self._numba = (cuda.external_stream(self.stream.ptr), cuda.as_cuda_array)
         return self._numba
 
-    def launch(self, kernel, grid, block, *args) -> None:
+    def launch(self, kernel, grid, block, *args, cluster: int = 0) -> None:
+        """Launch kernel[grid, block](*args) on the stream; cluster > 0: in thread-block clusters of that many
+        blocks along x (grid x a multiple of it; only where self.clusters)."""
+        if cluster and not self.clusters:
+            raise RuntimeError("a cluster launch where this device or cuda.core cannot launch clusters")
         grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else int(grid)
         if (math.prod(grid) if isinstance(grid, tuple) else grid) == 0:
             return
@@ -294,7 +304,7 @@ class Device:
             found = direct.find(raw)
             if found is not None:
                 if self.deferred is None:     # a dry run: nothing to compile
-                    self.direct(found[0], grid, block, found[1])
+                    self.direct(found[0], grid, block, found[1], cluster)
                 return
             kernel = direct.dispatcher
         converted = [self.kernel_arg(a) for a in args]
@@ -305,6 +315,15 @@ class Device:
             return
         if self.simulated:
             kernel[grid, block](*converted)
+        elif cluster:
+            # as with PDL below: this launch's LaunchConfig also carries the cluster dims
+            from numba.cuda import dispatcher
+            plain = dispatcher.LaunchConfig
+            dispatcher.LaunchConfig = functools.partial(self._cluster_config, cluster)
+            try:
+                kernel[grid, block, self._numba_fns()[0]](*converted)
+            finally:
+                dispatcher.LaunchConfig = plain
         elif self.pdl:
             # Numba launches through cuda.core's LaunchConfig, looked up in its dispatcher module at each launch:
             # for this launch it carries programmatic stream serialization (every template renders with pdl=True
@@ -403,6 +422,40 @@ def _pdl_launch_config(compute_capability: int):
     except (AttributeError, TypeError, ValueError):
         return None
     return functools.partial(make, programmatic_stream_serialization=True)
+
+
+CLUSTERS_ENV = "EETJIT_CLUSTERS"      # "0": launch no thread-block clusters (the kernels merge through global memory)
+
+
+def _cluster_launch_config(compute_capability: int, pdl: bool):
+    """A factory (cluster, grid, block, **options) -> cuda.core LaunchConfig of a launch in clusters of `cluster`
+    blocks along x, `grid` counted in blocks (its x a multiple of `cluster`), with programmatic stream
+    serialization where pdl; None before sm_90, with EETJIT_CLUSTERS=0, or with a cuda.core that cannot. From
+    cuda.core 0.4 on, a LaunchConfig with a cluster counts its grid in clusters (earlier ones in blocks)."""
+    if compute_capability < 90 or os.environ.get(CLUSTERS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    from eetjit.backends.cuda_direct import cuda_core
+    core = cuda_core()
+    if core is None:
+        return None
+    make = core[1]
+    try:
+        import cuda.core
+        version = tuple(int(x) for x in re.findall(r"\d+", cuda.core.__version__)[:2])
+        make(grid=1, cluster=1, block=1)
+    except (AttributeError, TypeError, ValueError, ImportError):
+        return None
+    per_cluster = version >= (0, 4)
+    extra = {"programmatic_stream_serialization": True} if pdl else {}
+
+    def config(cluster, grid, block, **options):
+        g = (grid, 1, 1) if isinstance(grid, int) else tuple(grid) + (1,) * (3 - len(grid))
+        if g[0] % cluster:
+            raise ValueError(f"grid {g}: its x is not a multiple of the cluster's {cluster} blocks")
+        if per_cluster:
+            g = (g[0] // cluster, *g[1:])
+        return make(grid=g, cluster=(cluster, 1, 1), block=block, **extra, **options)
+    return config
 
 
 def simulator_on() -> bool:

@@ -261,9 +261,10 @@ class DirectKernel:
 
 
 class Launcher:
-    """cuda.core launches on one stream, with programmatic stream serialization where `pdl`."""
+    """cuda.core launches on one stream, with programmatic stream serialization where `pdl`; cluster launches
+    through `cluster_config` (cuda_device._cluster_launch_config's factory)."""
 
-    def __init__(self, stream_ptr: int, pdl: bool):
+    def __init__(self, stream_ptr: int, pdl: bool, cluster_config=None):
         core = cuda_core()
         if core is None:
             raise ImportError("cuda.core is not importable")
@@ -271,15 +272,21 @@ class Launcher:
         from_handle = getattr(Stream, "from_handle", None)
         self.stream = from_handle(stream_ptr) if from_handle is not None else _ForeignStream(stream_ptr)
         self.pdl = pdl
+        self._cluster_config = cluster_config
         self._configs: dict = {}
 
-    def __call__(self, kernel, grid, block, params) -> None:
-        """Launch `kernel` (a cuda.core Kernel) with these parameters (describe_all's)."""
-        key = (grid, block)
+    def __call__(self, kernel, grid, block, params, cluster: int = 0) -> None:
+        """Launch `kernel` (a cuda.core Kernel) with these parameters (describe_all's); cluster > 0: in clusters
+        of that many blocks along x."""
+        key = (grid, block, cluster)
         config = self._configs.get(key)
         if config is None:
-            extra = {"programmatic_stream_serialization": True} if self.pdl else {}
-            config = self._configs[key] = self._config(grid=grid, block=block, shmem_size=0, **extra)
+            if cluster:
+                config = self._cluster_config(cluster, grid, block, shmem_size=0)
+            else:
+                extra = {"programmatic_stream_serialization": True} if self.pdl else {}
+                config = self._config(grid=grid, block=block, shmem_size=0, **extra)
+            self._configs[key] = config
         self._launch(self.stream, config, kernel, *params)
         _counts["launches"] += 1
 

@@ -42,7 +42,8 @@ def cases(quick=False):
                 k.get("fused_write"), k.get("ksplit"), k.get("head_dim") if c[1] == "attention_vec" else None,
                 k.get("vec"), k.get("has_ids"), k.get("advance"), k.get("to_batch"), k.get("scatter"),
                 bool(k.get("cols")), k.get("skip_pad_rows"), k.get("norm"), k.get("pdl"), k.get("vw"),
-                k.get("pipeline"), k.get("fold"), k.get("rstats"), k.get("pstats"), k.get("cpg"), k.get("prefetch"))
+                k.get("pipeline"), k.get("fold"), k.get("rstats"), k.get("pstats"), k.get("cpg"), k.get("prefetch"),
+                k.get("cluster"))
             if c[0] == "float32" or key in seen:
                 continue
             seen.add(key)
@@ -62,6 +63,10 @@ def _cases():
         # attention_vec: a decode-step case (the fused cache write reads its first tile before the wait)
         if dt == "float16" and op in PDL_OPS and op not in seen and (op != "attention_vec" or consts["fused_write"]):
             seen.add(op)
+            yield dt, op, dict(consts, pdl=True), args
+        # ... and a cluster one (its barriers beside griddepcontrol)
+        if dt == "float16" and op == "attention_vec" and consts.get("cluster") and "cluster" not in seen:
+            seen.add("cluster")
             yield dt, op, dict(consts, pdl=True), args
 
 
@@ -212,6 +217,13 @@ def _plain_cases():
                                                     fused_write=fused_write, **pipe), \
                         [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
                          "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
+                    if split and fused_write:
+                        # the fixed scheme's splits as one thread-block cluster (a B32 decode step: 2 of them)
+                        yield dt, "attention_vec", dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, lanes=vl,
+                                                        groups=max(1, 128 // vl), split=True, single_cols=0,
+                                                        fused_write=True, cluster=2 if D < 256 else 3, **pipe), \
+                            [f"{S}[:, :, :]", f"{S}[:, :, :, ::1]", f"{S}[:, :, :, ::1]", "int64[::1]", "int64[::1]",
+                             "int64", a3] + parts + [f"{S}[:, :, :]", f"{S}[:, :, :]"]
             if dt != "float32" and D % 16 == 0 and D <= 128:
                 mma = dict(heads=12, kv_heads=4, head_dim=D, scale=0.125, warps=4, kt=64 if D <= 64 else 32)
                 yield dt, "attention_mma", dict(mma, layout="cache"), \

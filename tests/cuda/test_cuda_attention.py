@@ -110,6 +110,47 @@ def test_decode_merges_many_splits(where, splits, live, vec):
         backend.attention_vec = saved
 
 
+@pytest.mark.parametrize("splits,live", pick([(2, None), (3, 2)], [(2, None), (3, None), (8, None), (3, 2)]))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("cluster", pick([True], [True, False]))     # the simulator has one path
+def test_decode_splits_merge_in_one_cluster(where, splits, live, dtype, cluster):
+    """The fixed scheme's splits of a row (at most 8, the portable cluster size) launch as one thread-block cluster
+    where the device can (sm_90 on; EETJIT_ATTENTION_CLUSTER=0, here cluster False, turns it off): each block
+    stores its merge into block 0's shared memory, which merges them after a cluster barrier. The simulator cannot
+    run clusters and keeps the global-memory merge. The decode launch asks for a cluster exactly where the device
+    launches them and the knob is on, and gives the reference's result over the whole cache (the step's own column
+    in the last split) and over fewer live columns than splits (an empty split)."""
+    D = pick(8, 64)
+    T = splits * pick(4, 80)
+    backend = _backend(dtype, "never")
+    saved = (dict(backend.attention_vec_tune), backend.attention_min_chunk, backend.attention_dynamic_splits,
+             backend.attention_cluster)
+    backend.attention_vec_tune["blocks_per_sm"] = 10 ** 6
+    backend.attention_min_chunk, backend.attention_dynamic_splits = T // splits, 10 ** 6
+    backend.attention_cluster = cluster and backend.dev.clusters
+    launches = []
+    launch = backend.dev.launch
+
+    def record(kern, grid, block, *args, cluster=0):
+        launches.append((grid, cluster))
+        return launch(kern, grid, block, *args, cluster=cluster)
+    backend.dev.launch = record
+    try:
+        used = _attention_kernels_used(backend, lambda: _check_cached(
+            backend, dtype, (2, 1), D, 2, 1, T - 1 if live is None else live - 1, T, seed=7, max_start=0))
+        assert "attention_vec" in used, used
+    finally:
+        del backend.dev.launch
+        backend.attention_vec_tune.update(saved[0])
+        backend.attention_min_chunk, backend.attention_dynamic_splits, backend.attention_cluster = saved[1:]
+    split_launches = [c for g, c in launches if isinstance(g, tuple) and g[0] == splits]
+    assert split_launches, launches
+    want = splits if cluster and backend.dev.clusters else 0
+    assert split_launches == [want] * len(split_launches), (launches, backend.dev.clusters)
+    if SIMULATED:
+        assert not backend.dev.clusters
+
+
 @SETTINGS
 @given(hh=heads, D=st.sampled_from(HEAD_DIMS), B=st.integers(1, 2), S=st.integers(2, pick(4, 40)),
        split=st.sampled_from(["auto", "force", "never"]), kernel=st.sampled_from(["auto", "tiled", "gemm", "rows"]),

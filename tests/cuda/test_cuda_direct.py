@@ -230,7 +230,7 @@ def test_device_launch_routes_cached_cubins_around_numba(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda_direct, "cuda_core", lambda: (None, None, _Code, None))
     dev = Device()
     launched, numba_calls, saved = [], [], []
-    dev.direct = lambda kernel, grid, block, params: launched.append((kernel, grid, block, params))
+    dev.direct = lambda kernel, grid, block, params, cluster: launched.append((kernel, grid, block, params, cluster))
     monkeypatch.setattr(dev, "xp", type("xp", (), {"ndarray": FakeDeviceArray, "uint16": np.uint16}))
     args = [FakeDeviceArray(np.zeros((2, 8), np.float16)), 7]
     types = _typed(args)
@@ -251,7 +251,7 @@ def test_device_launch_routes_cached_cubins_around_numba(tmp_path, monkeypatch):
     assert len(numba_calls) == 1 and saved == [types] and not launched
     dev.launch(k, (3, 2), 64, *args)       # cached now: the cubin, with describe_all's parameters
     want = describe_all(args)[1]
-    assert [x[:3] for x in launched] == [("K", (3, 2), 64)]
+    assert [x[:3] + x[4:] for x in launched] == [("K", (3, 2), 64, 0)]
     assert launched[0][3][:-1] == want[:-1] and launched[0][3][-1].value == want[-1].value == 7
     with dev.deferring() as recorded:
         dev.launch(k, 3, 64, *args)
