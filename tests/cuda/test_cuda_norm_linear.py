@@ -421,15 +421,17 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_norm_prologue_past_the_width(where, monkeypatch, fold, kind):
     """Past gemv_mma's width below the rule's cuBLASLt rows (gemv_mma_wide, set to the test's sizes), `steps` with
-    past_warps warps hold all of K in one block, so gemv_mma takes the norm in its prologue, folded into the weight
-    or not, and no norm kernel runs; with no past_warps the tile splits K over blocks and the norm kernel runs
-    first; from the cuBLASLt rows, the norm kernel and cuBLASLt. Right every way."""
+    past_warps warps hold all of K in one block, so gemv_mma takes the norm in its prologue, folded into the weight,
+    and no norm kernel runs; with the norm not folded (EETJIT_NORM_FOLD=0: its prologue's registers do not fit
+    that many warps on the GPU) or no past_warps the tile splits K over blocks and the norm kernel runs first; from
+    the cuBLASLt rows, the norm kernel and cuBLASLt. Right every way."""
     backend, saved = _folded_backend("float16")
     backend.norm_fold = fold
     K, steps, past = pick(128, 1024), pick(2, 8), pick(4, 8)     # the tile's warps x steps x 16 k: under K
     assert backend.gemv_mma_tune["warps"] * backend.gemv_mma_tune["steps"] * 16 < K <= 16 * steps * past
     try:
-        for M, past_warps, want in [(3, past, "prologue"), (3, 0, "kernel"), (4, past, "cublas")]:
+        for M, past_warps, want in [(3, past, "prologue" if fold else "kernel"), (3, 0, "kernel"),
+                                    (4, past, "cublas")]:
             monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=2, deep_from=8, steps=steps, cap_min_m=4,
                                                                max_width=24, past_warps=past_warps))
             backend._kernels.clear()
