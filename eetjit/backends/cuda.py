@@ -105,7 +105,8 @@ ATTENTION_MIN_CHUNK_ENV = "EETJIT_ATTENTION_MIN_CHUNK"   # A/B knob: overrides A
 # where every split takes part and the kernel shares the row's live columns out evenly (not by the capacity).
 ATTENTION_SINGLE_COLS = {"gpu": 256, "sim": 4}
 ATTENTION_DYNAMIC_SPLITS = {"gpu": 4, "sim": 2}
-# The fixed scheme's splits of a row (at most ATTENTION_CLUSTER_MAX, the portable cluster size) run as one
+# The fixed scheme's splits of a row (fewer than ATTENTION_DYNAMIC_SPLITS, and at most ATTENTION_CLUSTER_MAX, the
+# portable cluster size) run as one
 # thread-block cluster where the device launches clusters (sm_90): each block stores its merge into block 0's
 # shared memory and block 0 merges them after a cluster barrier, in place of partials in global memory, a fence,
 # a count and the last block's loads. EETJIT_ATTENTION_CLUSTER=0 keeps the global-memory merge (A/B).
@@ -292,14 +293,19 @@ GEMV_MMA_TUNE_ENV = "EETJIT_GEMV_MMA_TUNE"
 # else with the tile. Session 21, a layer's GEMMs at 1600 wide, 8 rows, us (qkv, out, up, down): tile 8.91 / 4.08 /
 # 10.17 / 9.93, 8 steps and 13 warps 8.13 / 3.24 / 9.51 / 11.28; 16 rows 39.1 -> 37.3 against cuBLASLt's 32.7. The warps
 # are what the launch fits: at one 8-row tile ptxas gives 56-152 registers a thread by variant (the unfolded RMSNorm
-# prologue the most: 14 warps of it would not launch), at two tiles more, and at four 8 steps with 13 warps failed to
-# launch (out of resources). tests/cuda/cuda_ptx_check.py checks the budget. Unmeasured between 1024 and 1600: the cap
-# is the side measured to hold.
+# prologue the most: 13 warps of the unfolded prologues do not launch, GEMV_MMA_UNFOLDED_MAX_WARPS), at two tiles
+# more, and at four 8 steps with 13 warps failed to launch (out of resources). tests/cuda/cuda_ptx_check.py checks
+# the budget. Unmeasured between 1024 and 1600: the cap is the side measured to hold.
 # EETJIT_GEMV_MMA_WIDE=0, or a tile given by EETJIT_GEMV_MMA_TUNE: the tile at every width and row count (A/B);
 # assigning gemv_mma_tune alone (tests, bench_gemv.py) leaves the rule on.
 GEMV_MMA_WIDE = {"gpu": dict(deep_min_m=2, deep_from=769, steps=8, cap_min_m=9, max_width=1024, past_warps=13),
                  "sim": None}
 GEMV_MMA_WIDE_ENV = "EETJIT_GEMV_MMA_WIDE"
+# The unfolded norm prologue (gamma not folded into the weight: EETJIT_NORM_FOLD=0, or a weight or gamma fed at run
+# time) takes 144-148 registers at 1600 wide, and an SM's registers are four files of 16384, a block's warps dealt
+# over them: 13 warps put 4 in one file, which cannot hold them (the launch failed on the H200, session 27), 12 put 3.
+# Past this many warps gemv_mma leaves an unfolded norm to the norm kernel (the folded prologue fits 13).
+GEMV_MMA_UNFOLDED_MAX_WARPS = 12
 # the block's shared slots (each strip x (8-row tiles' rows + 1) float32) and, with a norm prologue, its per-warp row
 # sums (2 x rows x warps float32, taken off before the slots are counted) must fit
 GEMV_MMA_SMEM = 46 * 1024
@@ -938,11 +944,7 @@ class CudaBackend:
             return self.gemv_mma_tune
         if min(K, N) <= wide["max_width"]:
             return dict(self.gemv_mma_tune, steps=wide["steps"])
-        # (only with the norms folded, the GPU's default for half types: the unfolded prologue takes 144-148
-        # registers, and 13 warps of it put 4 in one of the SM's four register files, which cannot hold them; the
-        # launch failed on the H200, session 27)
-        if (M <= 8 and M < wide["cap_min_m"] and K <= 16 * wide["steps"] * wide["past_warps"]
-                and self.norm_fold):
+        if M <= 8 and M < wide["cap_min_m"] and K <= 16 * wide["steps"] * wide["past_warps"]:
             return dict(self.gemv_mma_tune, steps=wide["steps"], warps=wide["past_warps"])
         return self.gemv_mma_tune
 
@@ -1054,8 +1056,9 @@ class CudaBackend:
             return (M > self.gemv_max_m and prologue.colsum is not None and self._mma_fits(x_MK, N, W_KN)
                     and 8 * -(-M // 8) <= 32 * self._mma_ksplit(M, K, N)[1])
         if M > self.gemv_max_m:
-            return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN)
-                    and self._mma_ksplit(M, K, N)[0] == 1)
+            ksplit, warps = self._mma_ksplit(M, K, N)
+            return (M <= self.gemv_mma_norm_max_m and self._mma_fits(x_MK, N, W_KN) and ksplit == 1
+                    and (prologue.colsum is not None or warps <= GEMV_MMA_UNFOLDED_MAX_WARPS))
         return K <= GEMV_NORM_MAX_K and self._nk_fits(x_MK, N, tied_head)
 
     def _copy_cols(self, y_MN, x_MP) -> None:
@@ -1447,7 +1450,7 @@ class CudaBackend:
             count = self._dummy("c1", (1,), np.int32)
         extra = list(new_kv) if new_kv is not None else ([self._dummy3(), self._dummy3()] if layout == "cache" else [])
         self.dev.launch(kern, (splits, S, B * H), threads, q, *kv_args, *bounds_args, chunk, y, part_ml, part_acc,
-                        count, *extra, cluster=cluster)
+                        count, *extra, **({"cluster": cluster} if cluster else {}))
 
     def _prepare_Attention(self, node):
         H, Hkv, D, scale = _heads(node.attrs)

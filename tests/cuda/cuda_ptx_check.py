@@ -295,9 +295,9 @@ def _assemble(ptxas: str, ptx: str, path: Path, threads: int | None = None) -> N
         warps = -(-threads // 32)
         need = -(-(regs + REGISTER_MARGIN) * 32 // 256) * 256 * -(-warps // 4)
         if need > REGISTERS_PER_PARTITION:
-            raise RuntimeError(f"{regs} (+{REGISTER_MARGIN}) registers a thread x {warps} warps need {need} registers "
-                               f"in one of the SM's four sub-partitions, over its {REGISTERS_PER_PARTITION}: the launch "
-                               f"would fail")
+            raise RuntimeError(f"{regs} (+{REGISTER_MARGIN}) registers a thread x {warps} warps need {need} "
+                               f"registers in one of the SM's four sub-partitions, over its "
+                               f"{REGISTERS_PER_PARTITION}: the launch would fail")
 
 
 def main(argv=None) -> int:
@@ -336,6 +336,8 @@ def main(argv=None) -> int:
             try:
                 spec.loader.exec_module(mod)
                 ptx, _ = cuda.compile_ptx(mod.kernel.py_func, f"void({', '.join(args)})", cc=CC)
+                if consts.get("cluster") and not all(i in ptx for i in ("mapa.u64", "barrier.cluster.wait")):
+                    raise RuntimeError("a cluster kernel without its remote stores or its cluster barrier")
                 if ptxas:
                     _assemble(ptxas, ptx, Path(tmp) / f"{key.module_name}.ptx",
                               32 * consts["warps"] if op == "gemv_mma" else None)

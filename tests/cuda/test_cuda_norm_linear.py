@@ -421,24 +421,29 @@ def test_producer_pair_by_width(where, monkeypatch, K0, E, N, max_width, handed)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_norm_prologue_past_the_width(where, monkeypatch, fold, kind):
     """Past gemv_mma's width below the rule's cuBLASLt rows (gemv_mma_wide, set to the test's sizes), `steps` with
-    past_warps warps hold all of K in one block, so gemv_mma takes the norm in its prologue, folded into the weight,
-    and no norm kernel runs; with the norm not folded (EETJIT_NORM_FOLD=0: its prologue's registers do not fit
-    that many warps on the GPU) or no past_warps the tile splits K over blocks and the norm kernel runs first; from
-    the cuBLASLt rows, the norm kernel and cuBLASLt. Right every way."""
+    past_warps warps hold all of K in one block, so gemv_mma takes the norm in its prologue, folded into the weight
+    or not, and no norm kernel runs (unfolded only up to GEMV_MMA_UNFOLDED_MAX_WARPS warps: its registers do not
+    fit more on the GPU, and the norm kernel runs first); with no past_warps the tile splits K over blocks and the
+    norm kernel runs first; from the cuBLASLt rows, the norm kernel and cuBLASLt. Right every way."""
+    from eetjit.backends import cuda as cuda_backend
     backend, saved = _folded_backend("float16")
     backend.norm_fold = fold
     K, steps, past = pick(128, 1024), pick(2, 8), pick(4, 8)     # the tile's warps x steps x 16 k: under K
     assert backend.gemv_mma_tune["warps"] * backend.gemv_mma_tune["steps"] * 16 < K <= 16 * steps * past
     try:
-        for M, past_warps, want in [(3, past, "prologue" if fold else "kernel"), (3, 0, "kernel"),
-                                    (4, past, "cublas")]:
+        # the unfolded prologue's warp limit: past it (lowered here), the same one-block tile without the norm
+        low = past - 1
+        for M, past_warps, limit, want in [(3, past, 12, "prologue"), (3, 0, 12, "kernel"), (4, past, 12, "cublas"),
+                                           (3, past, low, "prologue" if fold else "limited")]:
             monkeypatch.setattr(backend, "gemv_mma_wide", dict(deep_min_m=2, deep_from=8, steps=steps, cap_min_m=4,
                                                                max_width=24, past_warps=past_warps))
+            monkeypatch.setattr(cuda_backend, "GEMV_MMA_UNFOLDED_MAX_WARPS", limit)
             backend._kernels.clear()
             _runs_right(backend, 8, kind, True, True, True, M, K, 48, None, False, "none", "float16")
             ran = [dict(memo[2]) for memo in backend._kernels if memo[0] == "gemv_mma"]
             assert [(k["ksplit"] == 1, bool(k.get("norm"))) for k in ran] == {
-                "prologue": [(True, True)], "kernel": [(False, False)], "cublas": []}[want], (M, past_warps, ran)
+                "prologue": [(True, True)], "kernel": [(False, False)], "cublas": [],
+                "limited": [(True, False)]}[want], (M, past_warps, ran)
             assert bool(_ran(backend) & NORM_KERNELS) == (want != "prologue")
             if want == "prologue":
                 assert [(k["steps"], bool(k.get("fold"))) for k in ran] == [(steps, fold)]
