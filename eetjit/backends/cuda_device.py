@@ -406,17 +406,23 @@ class _NoPoolAllocation:
 PDL_ENV = "EETJIT_PDL"      # "0": launch every kernel after its predecessor completes (no programmatic launch)
 
 
+def _sm90_launch_config(compute_capability: int, env: str):
+    """cuda.core's LaunchConfig for a launch option of sm_90 and later, or None: before sm_90, with $env = 0, or
+    where cuda.core cannot be imported."""
+    if compute_capability < 90 or os.environ.get(env, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    from eetjit.backends.cuda_direct import cuda_core
+    core = cuda_core()
+    return None if core is None else core[1]
+
+
 def _pdl_launch_config(compute_capability: int):
     """A LaunchConfig factory that sets programmatic stream serialization, or None where that is off: before
     sm_90, with EETJIT_PDL=0, or with a cuda.core that has no such option. cuda.core's LaunchConfig, which Numba
     launches through too (its dispatcher module's LaunchConfig is swapped for this one around a launch)."""
-    if compute_capability < 90 or os.environ.get(PDL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    make = _sm90_launch_config(compute_capability, PDL_ENV)
+    if make is None:
         return None
-    from eetjit.backends.cuda_direct import cuda_core
-    core = cuda_core()
-    if core is None:
-        return None
-    make = core[1]
     try:
         make(grid=1, block=1, programmatic_stream_serialization=True)
     except (AttributeError, TypeError, ValueError):
@@ -432,13 +438,9 @@ def _cluster_launch_config(compute_capability: int, pdl: bool):
     blocks along x, `grid` counted in blocks (its x a multiple of `cluster`), with programmatic stream
     serialization where pdl; None before sm_90, with EETJIT_CLUSTERS=0, or with a cuda.core that cannot. From
     cuda.core 0.4 on, a LaunchConfig with a cluster counts its grid in clusters (earlier ones in blocks)."""
-    if compute_capability < 90 or os.environ.get(CLUSTERS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    make = _sm90_launch_config(compute_capability, CLUSTERS_ENV)
+    if make is None:
         return None
-    from eetjit.backends.cuda_direct import cuda_core
-    core = cuda_core()
-    if core is None:
-        return None
-    make = core[1]
     try:
         import cuda.core
         version = tuple(int(x) for x in re.findall(r"\d+", cuda.core.__version__)[:2])

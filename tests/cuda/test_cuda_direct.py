@@ -304,3 +304,33 @@ def test_device_array_spec_is_numbas_type():
         assert spec == numba_spec(typeof(dev)), (v.shape, v.strides)
         assert params[-2 * v.ndim:] == [*dev.shape, *dev.strides] if v.ndim else params[-1] == v.data.ptr
         assert params[4] == dev.device_ctypes_pointer.value or v.size == 0
+
+
+def test_cluster_launch_config(monkeypatch):
+    """The cluster launches' LaunchConfig factory (sm_90 on): the grid given in blocks, counted in clusters from
+    cuda.core 0.4 on (in blocks before), the cluster along x, programmatic stream serialization where the device
+    uses it; none before sm_90, with EETJIT_CLUSTERS=0, without cuda.core, or where a cluster does not divide the
+    grid's x."""
+    import cuda.core
+    from eetjit.backends import cuda_device
+    made = []
+
+    def config(**kw):
+        made.append(kw)
+        return kw
+    monkeypatch.setattr(cuda_direct, "cuda_core", lambda: (None, config, None, None))
+    monkeypatch.delenv("EETJIT_CLUSTERS", raising=False)
+    assert cuda_device._cluster_launch_config(80, True) is None
+    make = cuda_device._cluster_launch_config(90, True)
+    monkeypatch.setattr(cuda.core, "__version__", "0.3.2")
+    old = cuda_device._cluster_launch_config(90, False)
+    assert make(2, (4, 1, 6), 128, shmem_size=0) == dict(grid=(2, 1, 6), cluster=(2, 1, 1), block=128,
+                                                          programmatic_stream_serialization=True, shmem_size=0)
+    assert old(3, 6, 64) == dict(grid=(6, 1, 1), cluster=(3, 1, 1), block=64)
+    with pytest.raises(ValueError, match="multiple"):
+        make(4, (6, 1, 1), 32)
+    monkeypatch.setenv("EETJIT_CLUSTERS", "0")
+    assert cuda_device._cluster_launch_config(90, True) is None
+    monkeypatch.delenv("EETJIT_CLUSTERS")
+    monkeypatch.setattr(cuda_direct, "cuda_core", lambda: None)
+    assert cuda_device._cluster_launch_config(90, True) is None
