@@ -313,29 +313,21 @@ class Device:
             if types is None or types not in kernel.overloads:
                 self.deferred.append((kernel, types))
             return
+        # Numba launches through cuda.core's LaunchConfig, looked up in its dispatcher module at each launch: for
+        # this launch it carries the cluster dims and/or programmatic stream serialization (every template renders
+        # with pdl=True then, so the kernel waits for its predecessor itself)
+        config = functools.partial(self._cluster_config, cluster) if cluster else self._pdl_config
         if self.simulated:
             kernel[grid, block](*converted)
-        elif cluster:
-            # as with PDL below: this launch's LaunchConfig also carries the cluster dims
-            from numba.cuda import dispatcher
-            plain = dispatcher.LaunchConfig
-            dispatcher.LaunchConfig = functools.partial(self._cluster_config, cluster)
-            try:
-                kernel[grid, block, self._numba_fns()[0]](*converted)
-            finally:
-                dispatcher.LaunchConfig = plain
-        elif self.pdl:
-            # Numba launches through cuda.core's LaunchConfig, looked up in its dispatcher module at each launch:
-            # for this launch it carries programmatic stream serialization (every template renders with pdl=True
-            # then, so the kernel waits for its predecessor itself)
-            from numba.cuda import dispatcher
-            plain, dispatcher.LaunchConfig = dispatcher.LaunchConfig, self._pdl_config
-            try:
-                kernel[grid, block, self._numba_fns()[0]](*converted)
-            finally:
-                dispatcher.LaunchConfig = plain
-        else:
+        elif config is None:
             kernel[grid, block, self._numba_fns()[0]](*converted)
+        else:
+            from numba.cuda import dispatcher
+            plain, dispatcher.LaunchConfig = dispatcher.LaunchConfig, config
+            try:
+                kernel[grid, block, self._numba_fns()[0]](*converted)
+            finally:
+                dispatcher.LaunchConfig = plain
         if direct is not None and direct.wants(raw):     # cache its cubin for launches without Numba
             direct.save(tuple(kernel.typeof_pyval(a) for a in converted), raw)
 
